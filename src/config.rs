@@ -1,0 +1,710 @@
+//! `proxy.toml`: raw serde structs (unknown keys are errors) → `${VAR}` expansion →
+//! `validate()` → the typed [`Config`] the proxy runs on. `check` runs the same code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    /// Every cluster, `default` among them.
+    pub clusters: Vec<ClusterConfig>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub max_body_bytes: u64,
+    pub max_decoded_body_bytes: u64,
+    pub max_inflight_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub realm: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No client credentials are checked or forwarded; the cluster's own are sent upstream.
+    None,
+    /// Client credentials are forwarded upstream and checked there.
+    Passthrough,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub nodes: Vec<Uri>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+}
+
+/// A `[[routes]]` entry: writes to a database matching `database` go to `cluster`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub database: String,
+    pub cluster: String,
+}
+
+/// A string that never shows itself in `Debug` output (and so in no log line).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Every problem found in a configuration, each naming its key path (or the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, expands and validates the file at `path` with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::parse(&text, &|name| std::env::var(name).ok()).map_err(|ConfigErrors(errors)| {
+            ConfigErrors(
+                errors
+                    .into_iter()
+                    .map(|e| format!("{}: {e}", path.display()))
+                    .collect(),
+            )
+        })
+    }
+
+    /// Parses `text`, looking `${VAR}`s up with `env`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![e.message().to_string() + &location(text, e.span())]))?;
+        let mut errors = vec![];
+        expand_env(&mut value, &mut String::new(), env, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            // toml appends "in `table`" on further lines; the path already says where.
+            let message = e.into_inner().to_string();
+            let first_line = message.lines().next().unwrap_or_default();
+            ConfigErrors(vec![format!("{path}: {first_line}")])
+        })?;
+        raw.validate()
+    }
+
+    /// The cluster a write to `database` goes to: the first matching route, else `default`.
+    pub fn cluster_for(&self, database: &str) -> &str {
+        self.routes
+            .iter()
+            .find(|r| glob_match::glob_match(&r.database, database))
+            .map_or("default", |r| &r.cluster)
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string value. Only `${` starts a
+/// variable, so a lone `$` (as in argon2 PHC strings) stays literal.
+fn expand_env(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(s) => match expand_str(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(e) => errors.push(format!("{path}: {e}")),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                expand_env(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated \"${{\" in {s:?}"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("invalid variable name {name:?}"));
+        }
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// === raw structs ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    rate_limit: Option<toml::Value>,
+    #[serde(default)]
+    clusters: BTreeMap<String, RawCluster>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    spool: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    max_body_bytes: Option<RawSize>,
+    max_decoded_body_bytes: Option<RawSize>,
+    max_inflight_bytes: Option<RawSize>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    request_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    realm: Option<String>,
+    tls: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    mode: Option<String>,
+    tokens: Option<toml::Value>,
+    users: Option<toml::Value>,
+    jwt: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nodes: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+    timeout: Option<String>,
+    max_retries: Option<toml::Value>,
+    retry_backoff: Option<toml::Value>,
+    health_check_interval: Option<toml::Value>,
+    tls_ca_file: Option<toml::Value>,
+    tls_insecure_skip_verify: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    database: String,
+    cluster: String,
+    mirror: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+// === validation ===
+
+/// Collects errors so `check` can print every one of them, not just the first.
+struct Checker(Vec<String>);
+
+impl Checker {
+    fn error(&mut self, path: &str, message: impl fmt::Display) {
+        self.0.push(format!("{path}: {message}"));
+    }
+
+    fn unsupported(&mut self, path: &str, present: bool) {
+        if present {
+            self.0.push(format!("not supported yet: {path}"));
+        }
+    }
+
+    fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.error(
+                path,
+                format!("invalid address {text:?} (use host:port, e.g. \"127.0.0.1:8087\")"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.error(path, format!("duration {text:?} must be greater than zero"));
+                    default
+                }
+                Err(_) => {
+                    self.error(
+                        path,
+                        format!(
+                            "invalid duration {text:?} (use e.g. \"250ms\", \"10s\", \"168h\")"
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, path: &str, value: Option<&RawSize>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(RawSize::Bytes(0)) => {
+                self.error(path, "size must be greater than zero");
+                default
+            }
+            Some(RawSize::Bytes(n)) => *n,
+            Some(RawSize::Text(text)) => match parse_size(text) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    self.error(
+                        path,
+                        format!("invalid size {text:?} (use bytes, or e.g. \"25MB\", \"512MiB\")"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+}
+
+/// `"25MB"` = 25 000 000, `"1GiB"` = 2^30; a bare number is bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut c = Checker(vec![]);
+        let s = &self.server;
+        let server = ServerConfig {
+            listen: c.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8087"),
+            admin_listen: s
+                .admin_listen
+                .as_deref()
+                .map(|a| c.addr("server.admin_listen", Some(a), "")),
+            max_body_bytes: c.size(
+                "server.max_body_bytes",
+                s.max_body_bytes.as_ref(),
+                25_000_000,
+            ),
+            max_decoded_body_bytes: c.size(
+                "server.max_decoded_body_bytes",
+                s.max_decoded_body_bytes.as_ref(),
+                100_000_000,
+            ),
+            max_inflight_bytes: c.size(
+                "server.max_inflight_bytes",
+                s.max_inflight_bytes.as_ref(),
+                512 << 20,
+            ),
+            header_read_timeout: c.duration(
+                "server.header_read_timeout",
+                s.header_read_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+            body_read_timeout: c.duration(
+                "server.body_read_timeout",
+                s.body_read_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            request_timeout: c.duration(
+                "server.request_timeout",
+                s.request_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
+            shutdown_grace: c.duration(
+                "server.shutdown_grace",
+                s.shutdown_grace.as_deref(),
+                Duration::from_secs(25),
+            ),
+            realm: s.realm.clone().unwrap_or_else(|| "InfluxDB".to_string()),
+        };
+        if server.admin_listen == Some(server.listen) {
+            c.error(
+                "server.admin_listen",
+                "must differ from server.listen (omit it to serve admin endpoints on listen)",
+            );
+        }
+        if server.max_decoded_body_bytes < server.max_body_bytes {
+            c.error(
+                "server.max_decoded_body_bytes",
+                "must be at least server.max_body_bytes",
+            );
+        }
+        c.unsupported("server.tls", s.tls.is_some());
+
+        let mode = match self.auth.mode.as_deref() {
+            None | Some("none") => AuthMode::None,
+            Some("passthrough") => AuthMode::Passthrough,
+            Some("proxy") => {
+                c.unsupported("auth.mode = \"proxy\"", true);
+                AuthMode::None
+            }
+            Some(other) => {
+                c.error(
+                    "auth.mode",
+                    format!("unknown mode {other:?} (use \"none\", \"passthrough\" or \"proxy\")"),
+                );
+                AuthMode::None
+            }
+        };
+        c.unsupported("auth.tokens", self.auth.tokens.is_some());
+        c.unsupported("auth.users", self.auth.users.is_some());
+        c.unsupported("auth.jwt", self.auth.jwt.is_some());
+        c.unsupported("rate_limit", self.rate_limit.is_some());
+        c.unsupported("spool", self.spool.is_some());
+
+        if !self.clusters.contains_key("default") {
+            c.error(
+                "clusters.default",
+                "missing: writes that match no route go to the cluster named \"default\"",
+            );
+        }
+        let mut clusters = vec![];
+        for (name, raw) in &self.clusters {
+            let path = format!("clusters.{name}");
+            if raw.nodes.is_empty() {
+                c.error(&format!("{path}.nodes"), "needs at least one node URL");
+            }
+            let nodes = raw
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, url)| match parse_node(url) {
+                    Ok(uri) => Some(uri),
+                    Err(why) => {
+                        c.error(
+                            &format!("{path}.nodes[{i}]"),
+                            format!("invalid URL {url:?}: {why}"),
+                        );
+                        None
+                    }
+                })
+                .collect();
+            for (key, present) in [
+                ("max_retries", raw.max_retries.is_some()),
+                ("retry_backoff", raw.retry_backoff.is_some()),
+                ("health_check_interval", raw.health_check_interval.is_some()),
+                ("tls_ca_file", raw.tls_ca_file.is_some()),
+                (
+                    "tls_insecure_skip_verify",
+                    raw.tls_insecure_skip_verify.is_some(),
+                ),
+            ] {
+                c.unsupported(&format!("{path}.{key}"), present);
+            }
+            let username = raw.username.clone().filter(|u| !u.is_empty());
+            let password = raw.password.clone().filter(|p| !p.is_empty()).map(Secret);
+            if password.is_some() && username.is_none() {
+                c.error(
+                    &format!("{path}.username"),
+                    "is empty but a password is set",
+                );
+            }
+            clusters.push(ClusterConfig {
+                name: name.clone(),
+                nodes,
+                username,
+                password,
+                timeout: c.duration(
+                    &format!("{path}.timeout"),
+                    raw.timeout.as_deref(),
+                    Duration::from_secs(10),
+                ),
+            });
+        }
+
+        let mut routes = vec![];
+        for (i, raw) in self.routes.iter().enumerate() {
+            if raw.database.is_empty() {
+                c.error(&format!("routes[{i}].database"), "must not be empty");
+            }
+            if !self.clusters.contains_key(&raw.cluster) {
+                c.error(
+                    &format!("routes[{i}].cluster"),
+                    format!("unknown cluster {:?}", raw.cluster),
+                );
+            }
+            c.unsupported(&format!("routes[{i}].mirror"), raw.mirror.is_some());
+            routes.push(Route {
+                database: raw.database.clone(),
+                cluster: raw.cluster.clone(),
+            });
+        }
+
+        if !c.0.is_empty() {
+            return Err(ConfigErrors(c.0));
+        }
+        Ok(Config {
+            server,
+            auth: AuthConfig { mode },
+            clusters,
+            routes,
+        })
+    }
+}
+
+/// A node is `http://host:port` with an optional path prefix (for nodes behind a path-routing
+/// gateway); `/write` is appended to it.
+fn parse_node(url: &str) -> Result<Uri, &'static str> {
+    if url.starts_with("https://") {
+        return Err("https upstreams are not supported yet");
+    }
+    if !url.starts_with("http://") {
+        return Err("the scheme must be http://");
+    }
+    let uri: Uri = url.parse().map_err(|_| "not a URL")?;
+    let authority = uri.authority().ok_or("no host")?;
+    if authority.host().is_empty() {
+        return Err("no host");
+    }
+    if authority.as_str().contains('@') {
+        return Err("credentials belong in username/password, not in the URL");
+    }
+    if uri.query().is_some() {
+        return Err("a node URL takes no query");
+    }
+    let path = uri.path().trim_end_matches('/');
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(if path.is_empty() { "/" } else { path })
+        .build()
+        .map_err(|_| "not a URL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, &|name| match name {
+            "SET" => Some("value".to_string()),
+            _ => None,
+        })
+    }
+
+    const MINIMAL: &str = "[clusters.default]\nnodes = [\"http://127.0.0.1:8086\"]\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8087");
+        assert_eq!(config.server.max_body_bytes, 25_000_000);
+        assert_eq!(config.server.max_inflight_bytes, 512 << 20);
+        assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.auth.mode, AuthMode::None);
+        assert_eq!(config.clusters[0].timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_error_names_its_key_path() {
+        let errors = parse(
+            "[server]\nlisten = \"nowhere\"\nbody_read_timeout = \"soon\"\nmax_body_bytes = \"12 parsecs\"\n\
+             [clusters.default]\nnodes = [\"http://ok:8086\", \"htp:/x\"]\n\
+             [[routes]]\ndatabase = \"m_*\"\ncluster = \"eu\"\n",
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(
+            errors,
+            vec![
+                "server.listen: invalid address \"nowhere\" (use host:port, e.g. \"127.0.0.1:8087\")",
+                "server.max_body_bytes: invalid size \"12 parsecs\" (use bytes, or e.g. \"25MB\", \"512MiB\")",
+                "server.body_read_timeout: invalid duration \"soon\" (use e.g. \"250ms\", \"10s\", \"168h\")",
+                "clusters.default.nodes[1]: invalid URL \"htp:/x\": the scheme must be http://",
+                "routes[0].cluster: unknown cluster \"eu\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_path() {
+        let errors = parse(&format!("{MINIMAL}timeuot = \"1s\"\n"))
+            .unwrap_err()
+            .0;
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with(
+                "clusters.default.timeuot: unknown field `timeuot`, expected one of `nodes`"
+            ),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn sections_not_built_yet_are_rejected_not_ignored() {
+        let errors = parse(&format!(
+            "[auth]\nmode = \"proxy\"\n[spool]\nenabled = true\n{MINIMAL}max_retries = 3\n"
+        ))
+        .unwrap_err()
+        .0;
+        assert_eq!(
+            errors,
+            vec![
+                "not supported yet: auth.mode = \"proxy\"",
+                "not supported yet: spool",
+                "not supported yet: clusters.default.max_retries",
+            ]
+        );
+    }
+
+    #[test]
+    fn expands_environment_variables_but_not_lone_dollars() {
+        let config = parse(
+            "[server]\nrealm = \"${SET}-${UNSET:-fallback}-$argon2id$v=19\"\n\
+             [clusters.default]\nnodes = [\"http://127.0.0.1:8086\"]\nusername = \"${UNSET:-}\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.realm, "value-fallback-$argon2id$v=19");
+        assert_eq!(config.clusters[0].username, None);
+        let errors = parse(&format!("{MINIMAL}password = \"${{NOPE}}\"\n"))
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errors,
+            vec!["clusters.default.password: environment variable NOPE is not set (use ${NOPE:-default} for a default)"]
+        );
+    }
+
+    #[test]
+    fn sizes_accept_decimal_and_binary_units() {
+        assert_eq!(parse_size("25MB"), Some(25_000_000));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1 TB"), None);
+    }
+
+    #[test]
+    fn routes_pick_first_matching_glob_else_default() {
+        let config = parse(&format!(
+            "{MINIMAL}[clusters.eu]\nnodes = [\"http://eu:8086\"]\n\
+             [[routes]]\ndatabase = \"metrics_*\"\ncluster = \"eu\"\n\
+             [[routes]]\ndatabase = \"metrics_x\"\ncluster = \"default\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.cluster_for("metrics_x"), "eu");
+        assert_eq!(config.cluster_for("logs"), "default");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config = parse(&format!(
+            "{MINIMAL}username = \"admin\"\npassword = \"hunter2\"\n"
+        ))
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn shipped_quick_start_config_is_valid() {
+        let text = include_str!("../proxy.toml");
+        parse(text).unwrap();
+    }
+}

@@ -1,0 +1,253 @@
+//! `ProxyError`, and the one place that turns an error into an HTTP response: status, JSON
+//! body (`{"error":…}`, plus `code` and `message` on `/api/v2/write`), `X-Influxdb-Error`,
+//! `Retry-After`. 5xx answers never show the cause to the client; it is logged here.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which API shape the client speaks, for the error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V1,
+    V2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("database is required")]
+    DatabaseRequired,
+    #[error("bucket is required")]
+    BucketRequired,
+    #[error("bucket {0:?} has an empty database")]
+    BucketEmptyDatabase(String),
+    #[error("invalid precision {0:?} (use n, u, ms, s, m or h)")]
+    InvalidPrecisionV1(String),
+    #[error("invalid precision {0:?} (use ns, us, ms or s)")]
+    InvalidPrecisionV2(String),
+    #[error("invalid consistency level {0:?}")]
+    InvalidConsistency(String),
+    #[error("query parameter {0:?} is not valid UTF-8")]
+    InvalidParameter(&'static str),
+    #[error("unable to decode gzip body: {0}")]
+    BadGzip(#[source] std::io::Error),
+    #[error("unsupported Content-Encoding {0:?} (use gzip or identity)")]
+    UnsupportedEncoding(String),
+    #[error("request body is too large: the limit is {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("decoded request body is too large: the limit is {limit} bytes after decompression")]
+    DecodedBodyTooLarge { limit: u64 },
+    #[error("request body stalled: no data for {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("error reading request body")]
+    BodyRead(#[source] hyper::Error),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("influx-write-proxy only routes writes")]
+    QueryNotSupported,
+    /// The upstream answered with an error: passed through as it was said.
+    #[error("{message}")]
+    Upstream {
+        status: StatusCode,
+        message: String,
+        version: Option<HeaderValue>,
+    },
+    #[error("no node of cluster {cluster:?} could take the write")]
+    UpstreamUnavailable {
+        cluster: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cluster {cluster:?} answered with something that is not HTTP")]
+    UpstreamBadResponse {
+        cluster: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cluster {cluster:?} did not answer in time")]
+    UpstreamTimeout { cluster: String },
+    #[error("request timed out")]
+    RequestTimeout,
+    #[error("too many bytes in flight, retry later")]
+    Overloaded,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        use ProxyError::*;
+        match self {
+            DatabaseRequired
+            | BucketRequired
+            | BucketEmptyDatabase(_)
+            | InvalidPrecisionV1(_)
+            | InvalidPrecisionV2(_)
+            | InvalidConsistency(_)
+            | InvalidParameter(_)
+            | BadGzip(_)
+            | UnsupportedEncoding(_)
+            | BodyRead(_) => StatusCode::BAD_REQUEST,
+            BodyTooLarge { .. } | DecodedBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            QueryNotSupported => StatusCode::NOT_IMPLEMENTED,
+            Upstream { status, .. } => *status,
+            UpstreamUnavailable { .. } | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout { .. } | RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The 2.x error `code` for a status.
+    fn v2_code(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not found",
+            413 => "request too large",
+            429 => "too many requests",
+            503 => "unavailable",
+            400..=499 => "invalid",
+            _ => "internal error",
+        }
+    }
+
+    /// Turns the error into the response the client sees. `realm` is for 401's challenge.
+    pub fn into_response(self, api: Api, realm: &str) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let message = self.to_string();
+        if status.is_server_error() && !matches!(self, ProxyError::Upstream { .. }) {
+            match std::error::Error::source(&self) {
+                Some(source) => {
+                    tracing::warn!(status = status.as_u16(), error = %message, cause = %source, "request failed")
+                }
+                None => {
+                    tracing::warn!(status = status.as_u16(), error = %message, "request failed")
+                }
+            }
+        }
+        let body = match api {
+            Api::V1 => serde_json::json!({ "error": message }),
+            Api::V2 => serde_json::json!({
+                "code": Self::v2_code(status),
+                "message": message,
+                "error": message,
+            }),
+        };
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        let mut response = Response::new(Full::new(Bytes::from(bytes)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = format!("Basic realm=\"{}\"", realm.replace('"', ""));
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+        } else if let Ok(value) = HeaderValue::from_str(&header_safe(&message)) {
+            headers.insert("x-influxdb-error", value);
+        }
+        if matches!(status.as_u16(), 429 | 503) {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(
+            self,
+            ProxyError::BodyTooLarge { .. } | ProxyError::BodyTimeout(_)
+        ) {
+            // The rest of the body was not read: the connection cannot carry another request.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::Upstream {
+            version: Some(version),
+            ..
+        } = self
+        {
+            headers.insert("x-influxdb-version", version);
+        }
+        response
+    }
+}
+
+/// Header values cannot hold control characters; upstream messages may (multi-line errors).
+fn header_safe(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .map(|c| {
+            if c.is_control() || !c.is_ascii() {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    out.truncate(1024);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(response: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn v1_errors_have_error_field_and_header() {
+        let response = ProxyError::DatabaseRequired.into_response(Api::V1, "InfluxDB");
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()["x-influxdb-error"],
+            "database is required"
+        );
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            body_of(response).await,
+            serde_json::json!({"error": "database is required"})
+        );
+    }
+
+    #[tokio::test]
+    async fn v2_errors_also_have_code_and_message() {
+        let response = ProxyError::BodyTooLarge { limit: 10 }.into_response(Api::V2, "InfluxDB");
+        assert_eq!(response.status(), 413);
+        assert_eq!(response.headers()["connection"], "close");
+        let body = body_of(response).await;
+        assert_eq!(body["code"], "request too large");
+        assert_eq!(body["message"], body["error"]);
+    }
+
+    #[tokio::test]
+    async fn unavailable_hides_cause_and_asks_to_retry() {
+        let source: BoxError = "connection refused to 10.0.0.1 with password hunter2".into();
+        let response = ProxyError::UpstreamUnavailable {
+            cluster: "default".into(),
+            source,
+        }
+        .into_response(Api::V1, "InfluxDB");
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body = body_of(response).await;
+        assert_eq!(
+            body["error"],
+            "no node of cluster \"default\" could take the write"
+        );
+    }
+
+    #[test]
+    fn upstream_messages_are_made_header_safe() {
+        assert_eq!(
+            header_safe("partial write:\nbad ünit"),
+            "partial write: bad  nit"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! The innermost service: dispatches a request by path and method to its endpoint, and turns
+//! an endpoint's `ProxyError` into the response through `error.rs`. Paths match exactly
+//! (`//write` or `/write/` are 404), so nothing odd is ever forwarded as a write.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tower::Service;
+
+use crate::body::{self, Inflight};
+use crate::config::{AuthMode, Config};
+use crate::error::{Api, ProxyError};
+use crate::lineproto;
+use crate::request_id::{RequestIdValue, OWN_VERSION};
+use crate::rewrite::{Query, WriteParams};
+use crate::upstream::{self, Forward, Upstreams};
+
+/// State shared by every request, built once.
+pub struct Shared {
+    pub config: Config,
+    pub upstreams: Upstreams,
+    pub inflight: Arc<Inflight>,
+    /// Set when shutdown starts: `/ready` answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            upstreams: Upstreams::new(&config),
+            inflight: Inflight::new(config.server.max_inflight_bytes),
+            draining: AtomicBool::new(false),
+            config,
+        })
+    }
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Writes, `/ping`, `/health`, `/query`; plus the admin endpoints when `with_admin`.
+    Main { with_admin: bool },
+    /// `/live`, `/ready`.
+    Admin,
+}
+
+#[derive(Clone)]
+pub struct Router {
+    shared: Arc<Shared>,
+    role: Role,
+}
+
+impl Router {
+    pub fn new(shared: Arc<Shared>, role: Role) -> Self {
+        Self { shared, role }
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+// === impl Router ===
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let role = self.role;
+        Box::pin(async move { Ok(route(shared, role, request).await) })
+    }
+}
+
+async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> Resp {
+    let main = matches!(role, Role::Main { .. });
+    let admin = matches!(role, Role::Admin | Role::Main { with_admin: true });
+    let method = request.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    let api = if request.uri().path() == "/api/v2/write" {
+        Api::V2
+    } else {
+        Api::V1
+    };
+    let path = request.uri().path();
+    let known = match path {
+        "/write" | "/api/v2/write" | "/ping" | "/health" | "/query" => main,
+        "/live" | "/ready" => admin,
+        _ => false,
+    };
+    let result = match (path, &method) {
+        _ if !known => Err(ProxyError::NotFound),
+        ("/write" | "/api/v2/write", &Method::POST) => write(&shared, api, request).await,
+        ("/query", &Method::GET | &Method::POST) => query(&shared, request).await,
+        ("/ping", _) if get => Ok(ping(&request)),
+        ("/health", _) if get => Ok(health(&shared)),
+        ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
+        ("/ready", _) if get => Ok(ready(&shared)),
+        _ => Err(ProxyError::MethodNotAllowed),
+    };
+    result.unwrap_or_else(|e| e.into_response(api, &shared.config.server.realm))
+}
+
+// === writes ===
+
+async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<Resp, ProxyError> {
+    let started = Instant::now();
+    let received = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let query = request.uri().query();
+    let params = match api {
+        Api::V1 => WriteParams::from_v1(query)?,
+        Api::V2 => WriteParams::from_v2(query)?,
+    };
+    let (parts, incoming) = request.into_parts();
+    let gzip = match parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+    {
+        None | Some(b"identity") | Some(b"") => false,
+        Some(b"gzip") => true,
+        Some(other) => {
+            return Err(ProxyError::UnsupportedEncoding(
+                String::from_utf8_lossy(other).into(),
+            ));
+        }
+    };
+    let cluster_name = shared.config.cluster_for(&params.db);
+    let cluster = shared
+        .upstreams
+        .get(cluster_name)
+        .expect("validated routes name existing clusters");
+    let authorization = match shared.config.auth.mode {
+        AuthMode::None => cluster.credentials(),
+        AuthMode::Passthrough => client_credentials(&params, parts.headers.get(AUTHORIZATION)),
+    };
+    let server = &shared.config.server;
+    let content_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut reservation = shared.inflight.reserve();
+    let wire = body::read(
+        incoming,
+        content_length,
+        server.max_body_bytes,
+        server.body_read_timeout,
+        &mut reservation,
+    )
+    .await?;
+    let decoded = if gzip {
+        let limit = server.max_decoded_body_bytes;
+        let compressed = wire.clone();
+        let decoded = tokio::task::spawn_blocking(move || body::gunzip(&compressed, limit))
+            .await
+            .expect("gunzip does not panic")?;
+        reservation.grow(decoded.len() as u64)?;
+        decoded
+    } else {
+        wire.clone()
+    };
+    let timestamp = params.precision.timestamp(received.as_nanos());
+    let (stamped, summary) = lineproto::stamp(decoded, timestamp);
+    // A gzip body that needed no change goes upstream still compressed.
+    let unchanged = summary.untimed == 0 && summary.crlf == 0;
+    let (body, gzip) = if gzip && unchanged {
+        (wire, true)
+    } else {
+        (stamped, false)
+    };
+    let request_id = parts
+        .extensions
+        .get::<RequestIdValue>()
+        .map(|id| id.0.clone())
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let bytes = body.len();
+    let forward = Forward {
+        params: &params,
+        body,
+        gzip,
+        request_id: &request_id,
+        authorization,
+    };
+    let result = match tokio::time::timeout(server.request_timeout, cluster.write(forward)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::RequestTimeout),
+    };
+    tracing::debug!(
+        request_id = ?request_id,
+        db = %params.db,
+        rp = params.rp.as_deref().unwrap_or(""),
+        cluster = %cluster.name,
+        status = result.as_ref().map_or_else(|e| e.status().as_u16(), |_| 204),
+        bytes,
+        points = summary.points,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        "write"
+    );
+    let accepted = result?;
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    if let Some(version) = accepted.version {
+        response.headers_mut().insert("x-influxdb-version", version);
+    }
+    Ok(response)
+}
+
+/// What mode `passthrough` sends upstream: `u`/`p` as Basic, `Token user:password` as Basic
+/// (1.x reads `Token` only that way), any other `Authorization` as it came.
+fn client_credentials(params: &WriteParams, header: Option<&HeaderValue>) -> Option<HeaderValue> {
+    if let Some((user, password)) = &params.user {
+        return Some(upstream::basic(user, password.expose()));
+    }
+    let header = header?;
+    if let Some(pair) = header.to_str().ok().and_then(|h| h.strip_prefix("Token ")) {
+        if let Some((user, password)) = pair.split_once(':') {
+            return Some(upstream::basic(user, password));
+        }
+    }
+    let mut value = header.clone();
+    value.set_sensitive(true);
+    Some(value)
+}
+
+// === small endpoints ===
+
+fn ping(request: &Request<Incoming>) -> Resp {
+    let verbose = Query::parse(request.uri().query())
+        .ok()
+        .and_then(|q| q.get("verbose").map(|v| v.into_owned()))
+        .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "t" | "T" | "TRUE" | "True"));
+    if verbose {
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "version": OWN_VERSION }),
+        )
+    } else {
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+    }
+}
+
+fn health(shared: &Shared) -> Resp {
+    // Every node counts as healthy until active health checks exist (see README).
+    let mut checks: Vec<_> = shared
+        .upstreams
+        .iter()
+        .map(|c| serde_json::json!({ "name": format!("cluster {}", c.name), "status": "pass" }))
+        .collect();
+    checks.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "name": "influx-write-proxy",
+            "status": "pass",
+            "message": "ready for writes",
+            "version": env!("CARGO_PKG_VERSION"),
+            "checks": checks,
+        }),
+    )
+}
+
+fn ready(shared: &Shared) -> Resp {
+    if shared.draining.load(Ordering::Relaxed) {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "draining"}),
+        )
+    } else {
+        json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+    }
+}
+
+/// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching
+/// the cluster (databases are an operator's business). Any other query is refused.
+async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, ProxyError> {
+    let mut q = Query::parse(request.uri().query())?
+        .get("q")
+        .map(|q| q.into_owned());
+    let form = request.headers().get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    if form {
+        let mut reservation = shared.inflight.reserve();
+        let server = &shared.config.server;
+        let body = body::read(
+            request.into_body(),
+            None,
+            64 * 1024,
+            server.body_read_timeout,
+            &mut reservation,
+        )
+        .await?;
+        let text = std::str::from_utf8(&body).map_err(|_| ProxyError::InvalidParameter("q"))?;
+        // As Go's FormValue: a value in the body wins over the URL's.
+        if let Some(body_q) = Query::parse(Some(text))?.get("q") {
+            q = Some(body_q.into_owned());
+        }
+    }
+    match q.as_deref().and_then(create_database_target) {
+        Some(_) => Ok(json(
+            StatusCode::OK,
+            serde_json::json!({"results": [{"statement_id": 0}]}),
+        )),
+        None => Err(ProxyError::QueryNotSupported),
+    }
+}
+
+/// The database of `CREATE DATABASE <name>` (name bare or double-quoted, optional `;`).
+fn create_database_target(q: &str) -> Option<String> {
+    let q = q.trim().trim_end_matches(';').trim_end();
+    let mut words = q.splitn(3, char::is_whitespace).filter(|w| !w.is_empty());
+    let (create, database) = (words.next()?, words.next()?);
+    if !create.eq_ignore_ascii_case("create") || !database.eq_ignore_ascii_case("database") {
+        return None;
+    }
+    let name = q[q.find(database)? + database.len()..].trim();
+    if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        let unescaped = quoted.replace("\\\"", "\"");
+        return (!unescaped.is_empty()).then_some(unescaped);
+    }
+    let bare = name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.is_empty();
+    bare.then(|| name.to_string())
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Resp {
+    let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_create_database_statements() {
+        assert_eq!(
+            create_database_target("CREATE DATABASE telegraf").as_deref(),
+            Some("telegraf")
+        );
+        assert_eq!(
+            create_database_target(" create database \"my db\";").as_deref(),
+            Some("my db")
+        );
+        assert_eq!(create_database_target("CREATE DATABASE"), None);
+        assert_eq!(create_database_target("DROP DATABASE x"), None);
+        assert_eq!(
+            create_database_target("CREATE DATABASE x; DROP DATABASE y"),
+            None
+        );
+        assert_eq!(create_database_target("SELECT * FROM cpu"), None);
+    }
+
+    #[test]
+    fn passthrough_turns_token_user_password_into_basic() {
+        let params = WriteParams::from_v1(Some("db=a")).unwrap();
+        let token = HeaderValue::from_static("Token bob:pw");
+        assert_eq!(
+            client_credentials(&params, Some(&token)).unwrap(),
+            upstream::basic("bob", "pw")
+        );
+        let bearer = HeaderValue::from_static("Bearer xyz");
+        assert_eq!(
+            client_credentials(&params, Some(&bearer)).unwrap(),
+            "Bearer xyz"
+        );
+        let with_up = WriteParams::from_v1(Some("db=a&u=al&p=s")).unwrap();
+        assert_eq!(
+            client_credentials(&with_up, Some(&bearer)).unwrap(),
+            upstream::basic("al", "s")
+        );
+        assert!(client_credentials(&params, None).is_none());
+    }
+}

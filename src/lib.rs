@@ -1,0 +1,17 @@
+//! influx-write-proxy: a reverse proxy that routes InfluxDB 1.x line-protocol writes
+//! (`/write`, `/api/v2/write`) to clusters of InfluxDB Enterprise data nodes or OSS servers.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod lineproto;
+pub mod request_id;
+pub mod rewrite;
+pub mod server;
+pub mod stack;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{run, Bound};

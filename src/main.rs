@@ -1,0 +1,112 @@
+//! The `influx-write-proxy` command: arguments, logging, run, exit code.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use influx_write_proxy::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Routes InfluxDB 1.x line-protocol writes to InfluxDB clusters"
+)]
+struct Args {
+    /// Configuration file [default: $INFLUX_WRITE_PROXY_CONFIG, then ./proxy.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log line format (the level comes from RUST_LOG, default "info")
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and validate the configuration, print `config OK` or every error
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = args
+        .config
+        .or_else(|| std::env::var_os("INFLUX_WRITE_PROXY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("proxy.toml"));
+    let config = Config::load(&path);
+    if let Some(Command::Check) = args.command {
+        return match config {
+            Ok(_) => {
+                println!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                println!("{errors}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_tracing(args.log_format);
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in errors.0 {
+                tracing::error!(%error, "invalid configuration");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async { influx_write_proxy::run(config, shutdown_signal()).await }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. SIGHUP is caught (its default action would kill the
+/// process) and logged: configuration reload is not built yet.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes"),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `RequestId<S>`: gives every request an id (the client's `X-Request-Id` or `Request-Id`
+//! when it is sane, else a new UUID), makes it available to handlers as a [`RequestIdValue`]
+//! extension, and puts `X-Request-Id`, `Request-Id` and a default `X-Influxdb-Version` on
+//! every response. It never fails.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+/// The id of the request being served.
+#[derive(Debug, Clone)]
+pub struct RequestIdValue(pub HeaderValue);
+
+/// `X-Influxdb-Version` when the answer did not come from an upstream.
+pub const OWN_VERSION: &str = concat!("influx-write-proxy-", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+// === impl RequestId ===
+
+impl<S, B, R> Service<Request<B>> for RequestId<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = ["x-request-id", "request-id"]
+            .iter()
+            .filter_map(|name| request.headers().get(*name))
+            .find(|value| acceptable(value))
+            .cloned()
+            .unwrap_or_else(new_id);
+        request.extensions_mut().insert(RequestIdValue(id.clone()));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            let headers = response.headers_mut();
+            headers.insert("x-request-id", id.clone());
+            headers.insert("request-id", id);
+            headers
+                .entry("x-influxdb-version")
+                .or_insert(HeaderValue::from_static(OWN_VERSION));
+            Ok(response)
+        })
+    }
+}
+
+/// Client ids are echoed and forwarded: keep them short and printable.
+fn acceptable(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::{service_fn, ServiceExt};
+
+    async fn echo(request: Request<()>) -> Result<Response<String>, Infallible> {
+        let id = request
+            .extensions()
+            .get::<RequestIdValue>()
+            .unwrap()
+            .0
+            .clone();
+        Ok(Response::new(id.to_str().unwrap().to_string()))
+    }
+
+    #[tokio::test]
+    async fn keeps_a_sane_client_id_and_echoes_it_twice() {
+        let svc = RequestIdLayer.layer(service_fn(echo));
+        let request = Request::builder()
+            .header("Request-Id", "abc-123")
+            .body(())
+            .unwrap();
+        let response = svc.oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["x-request-id"], "abc-123");
+        assert_eq!(response.headers()["request-id"], "abc-123");
+        assert_eq!(response.headers()["x-influxdb-version"], OWN_VERSION);
+        assert_eq!(response.body(), "abc-123");
+    }
+
+    #[tokio::test]
+    async fn replaces_an_unprintable_or_huge_client_id() {
+        let svc = RequestIdLayer.layer(service_fn(echo));
+        let request = Request::builder()
+            .header("X-Request-Id", "a".repeat(500))
+            .body(())
+            .unwrap();
+        let response = svc.oneshot(request).await.unwrap();
+        assert_eq!(response.body().len(), 36);
+        assert_eq!(response.headers()["x-request-id"], response.body().as_str());
+    }
+}

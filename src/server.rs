@@ -1,0 +1,175 @@
+//! Listeners, the accept loop, HTTP/1.1 + h2c through hyper-util's auto builder, and the
+//! graceful drain of SPEC §8: on shutdown `/ready` turns 503 at once, the main listener stops
+//! accepting, in-flight requests finish (up to `shutdown_grace`), then the process may exit.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::BoxError;
+use crate::handler::{Role, Shared};
+use crate::stack;
+
+/// A proxy whose listeners are bound, ready to serve.
+pub struct Bound {
+    main: TcpListener,
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Bound {
+    pub async fn bind(config: Config) -> Result<Bound, BoxError> {
+        let main = bind(config.server.listen).await?;
+        let admin = match config.server.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Bound {
+            main,
+            admin,
+            shared: Shared::new(config),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.main
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let Bound {
+            main,
+            admin,
+            shared,
+        } = self;
+        let server = &shared.config.server;
+        let (stop_main, main_stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let with_admin = admin.is_none();
+        tracing::info!(
+            listen = %main.local_addr()?,
+            admin = %admin.as_ref().map_or(Ok("on listen".to_string()), |l| l.local_addr().map(|a| a.to_string()))?,
+            version = env!("CARGO_PKG_VERSION"),
+            "listening"
+        );
+        let main_task = tokio::spawn(accept_loop(
+            main,
+            stack::build(shared.clone(), Role::Main { with_admin }),
+            builder(&shared.config),
+            main_stopped,
+        ));
+        let admin_task = admin.map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                stack::build(shared.clone(), Role::Admin),
+                builder(&shared.config),
+                admin_stopped,
+            ))
+        });
+
+        shutdown.await;
+        tracing::info!(grace = ?server.shutdown_grace, "shutting down: draining in-flight requests");
+        shared.draining.store(true, Ordering::SeqCst);
+        let _ = stop_main.send(true);
+        let drained = main_task.await?;
+        let outcome = tokio::time::timeout(server.shutdown_grace, drained.shutdown()).await;
+        let _ = stop_admin.send(true);
+        if let Some(task) = admin_task {
+            // The admin listener kept answering `/ready` 503 during the drain; close it now.
+            let admin_drain = task.await?;
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin_drain.shutdown()).await;
+        }
+        match outcome {
+            Ok(()) => tracing::info!("drained, exiting"),
+            Err(_) => {
+                tracing::warn!(grace = ?server.shutdown_grace, "shutdown grace ran out; closing remaining connections")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the proxy with `config` until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+    Bound::bind(config).await?.serve(shutdown).await
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}").into())
+}
+
+fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .keep_alive(true)
+        // Larger reads mean fewer, larger body frames for 5,000-line batches.
+        .max_buf_size(1 << 20);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Accepts until told to stop; returns the handle that drains the connections it started.
+async fn accept_loop(
+    listener: TcpListener,
+    service: stack::Stack,
+    builder: auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service.clone()),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful
+}
