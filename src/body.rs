@@ -3,8 +3,10 @@
 //! `max_inflight_bytes` across all requests (503), and gunzip within `max_decoded_body_bytes`.
 
 use std::io::Read;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -69,20 +71,104 @@ impl Drop for Reservation {
     }
 }
 
-/// Reads a whole body. A body that arrives in one frame is kept as it is, without a copy.
+/// A body held as the frames it was read in, so it can be scanned and forwarded without
+/// being copied into one buffer. It is also the body type sent upstream: its exact size
+/// makes hyper send `Content-Length`, and each chunk goes out as read (vectored writes).
+#[derive(Debug, Default, Clone)]
+pub struct Chunks {
+    chunks: Vec<Bytes>,
+    /// The first chunk not yet sent (when used as a body).
+    sent: usize,
+    len: u64,
+}
+
+impl Chunks {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunks not yet sent.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks[self.sent..]
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        self.chunks.push(chunk);
+    }
+
+    /// The body in one buffer: free when it is one chunk, one copy otherwise.
+    pub fn join(&self) -> Bytes {
+        match self.chunks() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut buf = BytesMut::with_capacity(self.len as usize);
+                for chunk in many {
+                    buf.extend_from_slice(chunk);
+                }
+                buf.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Chunks {
+    fn from(bytes: Bytes) -> Self {
+        let mut chunks = Chunks::default();
+        if !bytes.is_empty() {
+            chunks.push(bytes);
+        }
+        chunks
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(slot) = this.chunks.get_mut(this.sent) else {
+            return Poll::Ready(None);
+        };
+        // Hand the chunk over, so its memory goes as soon as hyper has written it.
+        let chunk = std::mem::take(slot);
+        this.sent += 1;
+        this.len -= chunk.len() as u64;
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent == self.chunks.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+/// Reads a whole body, keeping the frames as hyper produced them and handing each to
+/// `inspect` as it arrives.
 pub async fn read(
     mut body: Incoming,
     content_length: Option<u64>,
     limit: u64,
     stall: Duration,
     reservation: &mut Reservation,
-) -> Result<Bytes, ProxyError> {
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<Chunks, ProxyError> {
     if content_length.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    let mut total = 0u64;
+    let mut chunks = Chunks::default();
     loop {
         let frame = match tokio::time::timeout(stall, body.frame()).await {
             Err(_) => return Err(ProxyError::BodyTimeout(stall)),
@@ -96,27 +182,14 @@ pub async fn read(
         if data.is_empty() {
             continue;
         }
-        total += data.len() as u64;
-        if total > limit {
+        if chunks.len() + data.len() as u64 > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
         reservation.grow(data.len() as u64)?;
-        match (&mut joined, first.take()) {
-            (Some(buf), _) => buf.extend_from_slice(&data),
-            (None, None) => first = Some(data),
-            (None, Some(earlier)) => {
-                let capacity = content_length.unwrap_or(0).max(total) as usize;
-                let mut buf = BytesMut::with_capacity(capacity);
-                buf.extend_from_slice(&earlier);
-                buf.extend_from_slice(&data);
-                joined = Some(buf);
-            }
-        }
+        inspect(&data);
+        chunks.push(data);
     }
-    Ok(match joined {
-        Some(buf) => buf.freeze(),
-        None => first.unwrap_or_default(),
-    })
+    Ok(chunks)
 }
 
 /// Decompresses a gzip body (concatenated members too, as Go's reader does), refusing to
@@ -165,6 +238,18 @@ mod tests {
     fn unreadable_gzip_is_a_bad_request() {
         let err = gunzip(b"plain text", 100).unwrap_err();
         assert_eq!(err.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn chunks_forward_every_byte_with_an_exact_length() {
+        use http_body::Body;
+        let mut chunks = Chunks::default();
+        chunks.push(Bytes::from_static(b"a v=1 1\nb "));
+        chunks.push(Bytes::from_static(b"v=2 2\n"));
+        assert_eq!(chunks.size_hint().exact(), Some(16));
+        assert_eq!(&chunks.join()[..], b"a v=1 1\nb v=2 2\n");
+        let collected = chunks.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"a v=1 1\nb v=2 2\n");
     }
 
     #[test]

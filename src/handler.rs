@@ -17,10 +17,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tower::Service;
 
-use crate::body::{self, Inflight};
+use crate::body::{self, Chunks, Inflight};
 use crate::config::{AuthMode, Config};
 use crate::error::{Api, ProxyError};
-use crate::lineproto;
+use crate::lineproto::{self, TimestampCheck};
 use crate::request_id::{RequestIdValue, OWN_VERSION};
 use crate::rewrite::{Query, WriteParams};
 use crate::upstream::{self, Forward, Upstreams};
@@ -157,33 +157,42 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let mut reservation = shared.inflight.reserve();
+    // Plain bodies are checked for timestamps frame by frame, while each is in cache.
+    let mut check = (!gzip).then(TimestampCheck::default);
     let wire = body::read(
         incoming,
         content_length,
         server.max_body_bytes,
         server.body_read_timeout,
         &mut reservation,
+        |frame| {
+            if let Some(check) = &mut check {
+                check.feed(frame);
+            }
+        },
     )
     .await?;
-    let decoded = if gzip {
+    let timestamp = params.precision.timestamp(received.as_nanos());
+    let (body, gzip, points) = if gzip {
         let limit = server.max_decoded_body_bytes;
-        let compressed = wire.clone();
-        let decoded = tokio::task::spawn_blocking(move || body::gunzip(&compressed, limit))
+        let compressed = wire.join();
+        let input = compressed.clone();
+        let decoded = tokio::task::spawn_blocking(move || body::gunzip(&input, limit))
             .await
             .expect("gunzip does not panic")?;
         reservation.grow(decoded.len() as u64)?;
-        decoded
+        let (stamped, summary) = lineproto::stamp(decoded, timestamp);
+        // A gzip body that needed no change goes upstream still compressed.
+        if summary.untimed == 0 && summary.crlf == 0 {
+            (Chunks::from(compressed), true, summary.points)
+        } else {
+            (Chunks::from(stamped), false, summary.points)
+        }
+    } else if let Some(points) = check.and_then(TimestampCheck::finish) {
+        (wire, false, points)
     } else {
-        wire.clone()
-    };
-    let timestamp = params.precision.timestamp(received.as_nanos());
-    let (stamped, summary) = lineproto::stamp(decoded, timestamp);
-    // A gzip body that needed no change goes upstream still compressed.
-    let unchanged = summary.untimed == 0 && summary.crlf == 0;
-    let (body, gzip) = if gzip && unchanged {
-        (wire, true)
-    } else {
-        (stamped, false)
+        let (stamped, summary) = lineproto::stamp(wire.join(), timestamp);
+        (Chunks::from(stamped), false, summary.points)
     };
     let request_id = parts
         .extensions
@@ -209,7 +218,7 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         cluster = %cluster.name,
         status = result.as_ref().map_or_else(|e| e.status().as_u16(), |_| 204),
         bytes,
-        points = summary.points,
+        points,
         duration_ms = started.elapsed().as_secs_f64() * 1e3,
         "write"
     );
@@ -308,8 +317,10 @@ async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, Prox
             64 * 1024,
             server.body_read_timeout,
             &mut reservation,
+            |_| {},
         )
         .await?;
+        let body = body.join();
         let text = std::str::from_utf8(&body).map_err(|_| ProxyError::InvalidParameter("q"))?;
         // As Go's FormValue: a value in the body wins over the URL's.
         if let Some(body_q) = Query::parse(Some(text))?.get("q") {

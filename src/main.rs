@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use influx_write_proxy::Config;
 use tracing_subscriber::EnvFilter;
 
+/// Request bodies are large and short-lived; mimalloc reuses their memory instead of
+/// returning it to the kernel and faulting it back in on the next request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

@@ -125,8 +125,9 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
         .keep_alive(true)
-        // Larger reads mean fewer, larger body frames for 5,000-line batches.
-        .max_buf_size(1 << 20);
+        // Smaller reads keep each body frame in cache while it is scanned, and bound the
+        // memory a connection holds (measured: 256 KiB beats the 400 KiB default on RSS).
+        .max_buf_size(256 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::Chunks;
 use crate::config::{ClusterConfig, Config};
 use crate::error::{BoxError, ProxyError};
 use crate::rewrite::WriteParams;
@@ -66,7 +66,7 @@ pub struct Cluster {
     next: AtomicUsize,
     credentials: Option<HeaderValue>,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Chunks>,
 }
 
 struct Node {
@@ -77,7 +77,7 @@ struct Node {
 /// A write ready to go upstream.
 pub struct Forward<'a> {
     pub params: &'a WriteParams,
-    pub body: Bytes,
+    pub body: Chunks,
     /// The body is gzip-compressed (forwarded as the client sent it).
     pub gzip: bool,
     pub request_id: &'a HeaderValue,
@@ -91,7 +91,7 @@ pub struct Accepted {
 }
 
 impl Cluster {
-    fn new(config: &ClusterConfig, client: Client<HttpConnector, Full<Bytes>>) -> Self {
+    fn new(config: &ClusterConfig, client: Client<HttpConnector, Chunks>) -> Self {
         let nodes = config
             .nodes
             .iter()
@@ -136,7 +136,7 @@ impl Cluster {
                 concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),
             )
             .header("x-request-id", forward.request_id)
-            .body(Full::new(forward.body))
+            .body(forward.body)
             .expect("request parts are valid");
         if forward.gzip {
             request
@@ -154,7 +154,7 @@ impl Cluster {
         }
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Accepted, ProxyError> {
+    async fn exchange(&self, request: Request<Chunks>) -> Result<Accepted, ProxyError> {
         let response = self
             .client
             .request(request)
