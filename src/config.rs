@@ -100,14 +100,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        Self::parse(&text, &|name| std::env::var(name).ok()).map_err(|ConfigErrors(errors)| {
-            ConfigErrors(
-                errors
-                    .into_iter()
-                    .map(|e| format!("{}: {e}", path.display()))
-                    .collect(),
-            )
-        })
+        Self::parse(&text, &|name| std::env::var(name).ok())
     }
 
     /// Parses `text`, looking `${VAR}`s up with `env`.

@@ -307,6 +307,8 @@ impl Influxd {
         INFLUXD.get_or_init(Influxd::launch)
     }
 
+    // The watchdog shell runs for the life of the test process and reaps influxd itself.
+    #[allow(clippy::zombie_processes)]
     fn launch() -> Influxd {
         let binary = which("influxd").expect(
             "influxd not found: install Debian's `influxdb` package (apt-get install -y influxdb); .ci/run does",

@@ -1,0 +1,145 @@
+//! The command line of SPEC §1, and SIGTERM on the real binary (SPEC §8).
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{client, free_port, Reply, Upstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_influx-write-proxy");
+
+fn run(args: &[&str]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_remove("INFLUX_WRITE_PROXY_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_accepts_the_shipped_quick_start_config() {
+    let (code, out) = run(&[
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml"),
+    ]);
+    assert_eq!((code, out.trim()), (0, "config OK"));
+}
+
+#[test]
+fn check_prints_every_error_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"x\"\n[clusters.eu]\nnodes = [\"http://a:1\", \"htp:/x\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("server.listen: invalid address \"x\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("clusters.eu.nodes[1]: invalid URL \"htp:/x\""),
+        "{out}"
+    );
+    assert!(out.contains("clusters.default: missing"), "{out}");
+
+    let (code, out) = run(&["check", "--config", "/nonexistent/proxy.toml"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("/nonexistent/proxy.toml"), "{out}");
+}
+
+#[test]
+fn version_names_the_program() {
+    let (code, out) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        concat!("influx-write-proxy ", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_writes_and_exits_zero() {
+    let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_millis(800))).await;
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             [clusters.default]\nnodes = [\"{}\"]\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{admin_port}/ready");
+    let started = Instant::now();
+    while client().get(&ready).send().await.map(|r| r.status()).ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "proxy did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let write = tokio::spawn(
+        client()
+            .post(format!("http://127.0.0.1:{port}/write?db=a"))
+            .body("m v=1 1")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        client().get(&ready).send().await.unwrap().status(),
+        503,
+        "ready turns 503 at once"
+    );
+    assert_eq!(
+        write.await.unwrap().unwrap().status(),
+        204,
+        "the in-flight write finishes"
+    );
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut log = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        (status, log)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0), "{}", status.1);
+    assert!(status.1.contains("drained"), "{}", status.1);
+    // New connections are refused once draining started.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert_eq!(upstream.received().len(), 1);
+}
