@@ -17,4 +17,14 @@ if ((${#need[@]})); then
     "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo test --locked --all-targets
+# Unit and integration tests (examples and fuzz targets are compiled by clippy in CI, not run).
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
