@@ -53,7 +53,13 @@ pub struct ClusterConfig {
     pub nodes: Vec<Uri>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// Per try.
     pub timeout: Duration,
+    /// Extra tries after the first, on another node where there is one.
+    pub max_retries: u32,
+    /// Base of the full-jitter exponential backoff between tries.
+    pub retry_backoff: Duration,
+    pub health_check_interval: Duration,
 }
 
 /// A `[[routes]]` entry: writes to a database matching `database` go to `cluster`.
@@ -61,6 +67,8 @@ pub struct ClusterConfig {
 pub struct Route {
     pub database: String,
     pub cluster: String,
+    /// Clusters that also get every write of this route.
+    pub mirror: Vec<String>,
 }
 
 /// A string that never shows itself in `Debug` output (and so in no log line).
@@ -122,12 +130,13 @@ impl Config {
         raw.validate()
     }
 
-    /// The cluster a write to `database` goes to: the first matching route, else `default`.
-    pub fn cluster_for(&self, database: &str) -> &str {
+    /// The cluster a write to `database` goes to, and its mirrors: the first matching
+    /// route, else `default` without mirrors.
+    pub fn clusters_for(&self, database: &str) -> (&str, &[String]) {
         self.routes
             .iter()
             .find(|r| glob_match::glob_match(&r.database, database))
-            .map_or("default", |r| &r.cluster)
+            .map_or(("default", &[][..]), |r| (&r.cluster, &r.mirror))
     }
 }
 
@@ -258,9 +267,9 @@ struct RawCluster {
     username: Option<String>,
     password: Option<String>,
     timeout: Option<String>,
-    max_retries: Option<toml::Value>,
-    retry_backoff: Option<toml::Value>,
-    health_check_interval: Option<toml::Value>,
+    max_retries: Option<u32>,
+    retry_backoff: Option<String>,
+    health_check_interval: Option<String>,
     tls_ca_file: Option<toml::Value>,
     tls_insecure_skip_verify: Option<toml::Value>,
 }
@@ -270,7 +279,8 @@ struct RawCluster {
 struct RawRoute {
     database: String,
     cluster: String,
-    mirror: Option<toml::Value>,
+    #[serde(default)]
+    mirror: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -482,9 +492,6 @@ impl RawConfig {
                 })
                 .collect();
             for (key, present) in [
-                ("max_retries", raw.max_retries.is_some()),
-                ("retry_backoff", raw.retry_backoff.is_some()),
-                ("health_check_interval", raw.health_check_interval.is_some()),
                 ("tls_ca_file", raw.tls_ca_file.is_some()),
                 (
                     "tls_insecure_skip_verify",
@@ -511,6 +518,17 @@ impl RawConfig {
                     raw.timeout.as_deref(),
                     Duration::from_secs(10),
                 ),
+                max_retries: raw.max_retries.unwrap_or(2),
+                retry_backoff: c.duration(
+                    &format!("{path}.retry_backoff"),
+                    raw.retry_backoff.as_deref(),
+                    Duration::from_millis(50),
+                ),
+                health_check_interval: c.duration(
+                    &format!("{path}.health_check_interval"),
+                    raw.health_check_interval.as_deref(),
+                    Duration::from_secs(5),
+                ),
             });
         }
 
@@ -525,10 +543,18 @@ impl RawConfig {
                     format!("unknown cluster {:?}", raw.cluster),
                 );
             }
-            c.unsupported(&format!("routes[{i}].mirror"), raw.mirror.is_some());
+            for (j, mirror) in raw.mirror.iter().enumerate() {
+                let path = format!("routes[{i}].mirror[{j}]");
+                if !self.clusters.contains_key(mirror) {
+                    c.error(&path, format!("unknown cluster {mirror:?}"));
+                } else if *mirror == raw.cluster {
+                    c.error(&path, format!("{mirror:?} is already the route's cluster"));
+                }
+            }
             routes.push(Route {
                 database: raw.database.clone(),
                 cluster: raw.cluster.clone(),
+                mirror: raw.mirror.clone(),
             });
         }
 
@@ -635,7 +661,7 @@ mod tests {
     #[test]
     fn sections_not_built_yet_are_rejected_not_ignored() {
         let errors = parse(&format!(
-            "[auth]\nmode = \"proxy\"\n[spool]\nenabled = true\n{MINIMAL}max_retries = 3\n"
+            "[auth]\nmode = \"proxy\"\n[spool]\nenabled = true\n{MINIMAL}tls_ca_file = \"ca.pem\"\n"
         ))
         .unwrap_err()
         .0;
@@ -644,7 +670,7 @@ mod tests {
             vec![
                 "not supported yet: auth.mode = \"proxy\"",
                 "not supported yet: spool",
-                "not supported yet: clusters.default.max_retries",
+                "not supported yet: clusters.default.tls_ca_file",
             ]
         );
     }
@@ -684,8 +710,35 @@ mod tests {
              [[routes]]\ndatabase = \"metrics_x\"\ncluster = \"default\"\n"
         ))
         .unwrap();
-        assert_eq!(config.cluster_for("metrics_x"), "eu");
-        assert_eq!(config.cluster_for("logs"), "default");
+        assert_eq!(config.clusters_for("metrics_x"), ("eu", &[][..]));
+        assert_eq!(config.clusters_for("logs"), ("default", &[][..]));
+    }
+
+    #[test]
+    fn mirrors_must_name_other_existing_clusters() {
+        let config = parse(&format!(
+            "{MINIMAL}[clusters.backup]\nnodes = [\"http://b:8086\"]\nmax_retries = 0\nretry_backoff = \"10ms\"\n\
+             [[routes]]\ndatabase = \"*\"\ncluster = \"default\"\nmirror = [\"backup\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.clusters_for("x"),
+            ("default", &["backup".to_string()][..])
+        );
+        assert_eq!(config.clusters[0].max_retries, 0);
+        assert_eq!(config.clusters[0].retry_backoff, Duration::from_millis(10));
+        let errors = parse(&format!(
+            "{MINIMAL}[[routes]]\ndatabase = \"*\"\ncluster = \"default\"\nmirror = [\"default\", \"nope\"]\n"
+        ))
+        .unwrap_err()
+        .0;
+        assert_eq!(
+            errors,
+            vec![
+                "routes[0].mirror[0]: \"default\" is already the route's cluster",
+                "routes[0].mirror[1]: unknown cluster \"nope\"",
+            ]
+        );
     }
 
     #[test]

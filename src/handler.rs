@@ -23,7 +23,8 @@ use crate::error::{Api, ProxyError};
 use crate::lineproto::{self, TimestampCheck};
 use crate::request_id::{RequestIdValue, OWN_VERSION};
 use crate::rewrite::{Query, WriteParams};
-use crate::upstream::{self, Forward, Upstreams};
+use crate::upstream::{self, Credentials, Forward, Upstreams};
+use tokio_util::task::TaskTracker;
 
 /// State shared by every request, built once.
 pub struct Shared {
@@ -32,6 +33,9 @@ pub struct Shared {
     pub inflight: Arc<Inflight>,
     /// Set when shutdown starts: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
+    /// Mirror deliveries, which outlive the request that started them; the drain waits for
+    /// them.
+    pub background: TaskTracker,
 }
 
 impl Shared {
@@ -40,6 +44,7 @@ impl Shared {
             upstreams: Upstreams::new(&config),
             inflight: Inflight::new(config.server.max_inflight_bytes),
             draining: AtomicBool::new(false),
+            background: TaskTracker::new(),
             config,
         })
     }
@@ -141,14 +146,20 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
             ));
         }
     };
-    let cluster_name = shared.config.cluster_for(&params.db);
-    let cluster = shared
-        .upstreams
-        .get(cluster_name)
-        .expect("validated routes name existing clusters");
-    let authorization = match shared.config.auth.mode {
-        AuthMode::None => cluster.credentials(),
-        AuthMode::Passthrough => client_credentials(&params, parts.headers.get(AUTHORIZATION)),
+    let (primary, mirrors) = shared.config.clusters_for(&params.db);
+    let cluster = |name: &str| {
+        shared
+            .upstreams
+            .get(name)
+            .cloned()
+            .expect("validated routes name existing clusters")
+    };
+    let credentials = match shared.config.auth.mode {
+        AuthMode::None => Credentials::Cluster,
+        AuthMode::Passthrough => Credentials::Client(client_credentials(
+            &params,
+            parts.headers.get(AUTHORIZATION),
+        )),
     };
     let server = &shared.config.server;
     let content_length = parts
@@ -201,21 +212,38 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         .unwrap_or_else(|| HeaderValue::from_static("-"));
     let bytes = body.len();
     let forward = Forward {
-        params: &params,
+        params,
         body,
         gzip,
-        request_id: &request_id,
-        authorization,
+        request_id,
+        credentials,
     };
-    let result = match tokio::time::timeout(server.request_timeout, cluster.write(forward)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProxyError::RequestTimeout),
-    };
+    // Mirrors get their copy in the background: their answers never reach the client and
+    // never delay it.
+    for mirror in mirrors.iter().map(|name| cluster(name)) {
+        let (forward, timeout) = (forward.clone(), server.request_timeout);
+        shared.background.spawn(async move {
+            let result = tokio::time::timeout(timeout, mirror.write(forward))
+                .await
+                .unwrap_or(Err(ProxyError::RequestTimeout));
+            if let Err(error) = result {
+                mirror.mirror_failed(&error);
+            }
+        });
+    }
+    let primary = cluster(primary);
+    let params = forward.params.clone();
+    let request_id = forward.request_id.clone();
+    let result = tokio::time::timeout(server.request_timeout, primary.write(forward))
+        .await
+        .unwrap_or(Err(ProxyError::RequestTimeout));
     tracing::debug!(
         request_id = ?request_id,
         db = %params.db,
         rp = params.rp.as_deref().unwrap_or(""),
-        cluster = %cluster.name,
+        cluster = %primary.name,
+        node = result.as_ref().map_or("", |a| a.node.as_str()),
+        tries = result.as_ref().map_or(0, |a| a.tries),
         status = result.as_ref().map_or_else(|e| e.status().as_u16(), |_| 204),
         bytes,
         points,
@@ -268,19 +296,34 @@ fn ping(request: &Request<Incoming>) -> Resp {
 }
 
 fn health(shared: &Shared) -> Resp {
-    // Every node counts as healthy until active health checks exist (see README).
-    let mut checks: Vec<_> = shared
-        .upstreams
+    let mut clusters: Vec<_> = shared.upstreams.iter().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let checks: Vec<_> = clusters
         .iter()
-        .map(|c| serde_json::json!({ "name": format!("cluster {}", c.name), "status": "pass" }))
+        .map(|c| {
+            let status = if c.is_healthy() { "pass" } else { "fail" };
+            serde_json::json!({ "name": format!("cluster {}", c.name), "status": status })
+        })
         .collect();
-    checks.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let failing: Vec<&str> = clusters
+        .iter()
+        .filter(|c| !c.is_healthy())
+        .map(|c| c.name.as_str())
+        .collect();
+    let (status, message) = if failing.is_empty() {
+        ("pass", "ready for writes".to_string())
+    } else {
+        (
+            "fail",
+            format!("no healthy node in cluster {}", failing.join(", ")),
+        )
+    };
     json(
         StatusCode::OK,
         serde_json::json!({
             "name": "influx-write-proxy",
-            "status": "pass",
-            "message": "ready for writes",
+            "status": status,
+            "message": message,
             "version": env!("CARGO_PKG_VERSION"),
             "checks": checks,
         }),
@@ -289,13 +332,25 @@ fn health(shared: &Shared) -> Resp {
 
 fn ready(shared: &Shared) -> Resp {
     if shared.draining.load(Ordering::Relaxed) {
-        json(
+        return json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"status": "draining"}),
-        )
-    } else {
-        json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+        );
     }
+    let mut down: Vec<&str> = shared
+        .upstreams
+        .iter()
+        .filter(|c| !c.is_healthy())
+        .map(|c| c.name.as_str())
+        .collect();
+    if down.is_empty() {
+        return json(StatusCode::OK, serde_json::json!({"status": "ready"}));
+    }
+    down.sort_unstable();
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"status": "not ready", "clusters_without_healthy_node": down}),
+    )
 }
 
 /// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching

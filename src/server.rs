@@ -90,7 +90,13 @@ impl Bound {
         shared.draining.store(true, Ordering::SeqCst);
         let _ = stop_main.send(true);
         let drained = main_task.await?;
-        let outcome = tokio::time::timeout(server.shutdown_grace, drained.shutdown()).await;
+        let deadline = tokio::time::Instant::now() + server.shutdown_grace;
+        let mut outcome = tokio::time::timeout_at(deadline, drained.shutdown()).await;
+        // Mirror deliveries of writes already acknowledged get the rest of the grace.
+        shared.background.close();
+        if outcome.is_ok() {
+            outcome = tokio::time::timeout_at(deadline, shared.background.wait()).await;
+        }
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
             // The admin listener kept answering `/ready` 503 during the drain; close it now.

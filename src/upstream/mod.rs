@@ -1,13 +1,20 @@
 //! The clusters of data nodes writes are forwarded to, and the pooled keep-alive client that
-//! carries them. A write goes to one node of its cluster (round-robin for now); the node's
-//! answer becomes the proxy's: 2xx → `Ok`, an error status → `ProxyError::Upstream` with the
-//! upstream's own message, no answer → 503, not HTTP → 502, too slow → 504.
+//! carries them. A write tries the best node of its cluster (`node::pick`), and on a
+//! retriable failure (`retry::classify`) backs off and tries another, within `max_retries`
+//! and the cluster's retry budget. The last answer becomes the proxy's: 2xx → `Ok`, an error
+//! status → `ProxyError::Upstream` with InfluxDB's own message; retries used up → 503, or 504
+//! when every try timed out; not HTTP → 502.
+
+mod health;
+pub mod node;
+pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
@@ -15,14 +22,19 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::body::Chunks;
 use crate::config::{ClusterConfig, Config};
 use crate::error::{BoxError, ProxyError};
 use crate::rewrite::WriteParams;
+use node::{Node, Transition};
+use retry::{Decision, Reason};
 
 /// Longest upstream error body read to pass its message on.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+type HttpClient = Client<HttpConnector, Chunks>;
 
 /// Every configured cluster, and the client they share.
 pub struct Upstreams {
@@ -30,6 +42,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// Builds the clusters and starts their health checks (which end when the clusters are
+    /// dropped). Must be called within a Tokio runtime.
     pub fn new(config: &Config) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -44,7 +58,11 @@ impl Upstreams {
         let clusters = config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c, client.clone()))))
+            .map(|c| {
+                let cluster = Arc::new(Cluster::new(c, client.clone()));
+                health::spawn(&cluster);
+                (c.name.clone(), cluster)
+            })
             .collect();
         Self { clusters }
     }
@@ -59,44 +77,62 @@ impl Upstreams {
     }
 }
 
-/// One cluster: its nodes, its credentials and its per-try timeout.
+/// One cluster: its nodes, credentials, retry policy and retry budget.
 pub struct Cluster {
     pub name: String,
-    nodes: Vec<Node>,
-    next: AtomicUsize,
+    /// Swapped whole on reload; health lives in the nodes.
+    nodes: ArcSwap<Vec<Node>>,
     credentials: Option<HeaderValue>,
     timeout: Duration,
-    client: Client<HttpConnector, Chunks>,
+    max_retries: u32,
+    retry_backoff: Duration,
+    health_check_interval: Duration,
+    /// Retries may add at most 20 % to recent requests (3 a second at least), so a sick
+    /// cluster is not hit by a retry storm.
+    budget: TpsBudget,
+    /// Deliveries to this cluster as a mirror that failed (logged, never told the client).
+    pub mirror_failures: AtomicU64,
+    client: HttpClient,
 }
 
-struct Node {
-    /// `http://host:port[/prefix]/write?`, to which the write's query is appended.
-    write_url: String,
-}
-
-/// A write ready to go upstream.
-pub struct Forward<'a> {
-    pub params: &'a WriteParams,
+/// A write ready to go upstream. Cheap to clone (the body is shared).
+#[derive(Clone)]
+pub struct Forward {
+    pub params: WriteParams,
     pub body: Chunks,
     /// The body is gzip-compressed (forwarded as the client sent it).
     pub gzip: bool,
-    pub request_id: &'a HeaderValue,
-    /// The `Authorization` to send; `None` sends none.
-    pub authorization: Option<HeaderValue>,
+    pub request_id: HeaderValue,
+    pub credentials: Credentials,
+}
+
+/// Whose credentials go upstream.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// The cluster's own `username`/`password`, if it has them (auth modes none and proxy).
+    Cluster,
+    /// The client's, as they came (mode passthrough); `None` sends none.
+    Client(Option<HeaderValue>),
 }
 
 /// What a successful upstream answer carries back to the client.
+#[derive(Debug)]
 pub struct Accepted {
     pub version: Option<HeaderValue>,
+    pub node: String,
+    pub tries: u32,
 }
 
 impl Cluster {
-    fn new(config: &ClusterConfig, client: Client<HttpConnector, Chunks>) -> Self {
+    fn new(config: &ClusterConfig, client: HttpClient) -> Self {
         let nodes = config
             .nodes
             .iter()
-            .map(|uri| Node {
-                write_url: format!("{}write?", base_url(uri)),
+            .map(|uri| {
+                let name = uri
+                    .authority()
+                    .map_or_else(|| uri.to_string(), |a| a.to_string());
+                Node::new(name, base_url(uri))
             })
             .collect();
         let credentials = config
@@ -105,23 +141,86 @@ impl Cluster {
             .map(|user| basic(user, config.password.as_ref().map_or("", |p| p.expose())));
         Self {
             name: config.name.clone(),
-            nodes,
-            next: AtomicUsize::new(0),
+            nodes: ArcSwap::from_pointee(nodes),
             credentials,
             timeout: config.timeout,
+            max_retries: config.max_retries,
+            retry_backoff: config.retry_backoff,
+            health_check_interval: config.health_check_interval,
+            budget: TpsBudget::new(Duration::from_secs(10), 3, 0.2),
+            mirror_failures: AtomicU64::new(0),
             client,
         }
     }
 
-    /// The `Authorization` the proxy itself sends to this cluster, if it has credentials.
-    pub fn credentials(&self) -> Option<HeaderValue> {
-        self.credentials.clone()
+    /// Whether any node is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.nodes.load().iter().any(Node::is_healthy)
     }
 
-    /// Sends the write to the next node and maps its answer.
-    pub async fn write(&self, forward: Forward<'_>) -> Result<Accepted, ProxyError> {
-        let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
-        let uri: Uri = format!("{}{}", node.write_url, forward.params.upstream_query())
+    /// Delivers the write, retrying as `retry::classify` allows.
+    pub async fn write(&self, forward: Forward) -> Result<Accepted, ProxyError> {
+        self.budget.deposit();
+        let nodes = self.nodes.load_full();
+        let uri_tail = forward.params.upstream_query();
+        let mut tried: Vec<usize> = Vec::with_capacity(self.max_retries as usize + 1);
+        let mut all_timed_out = true;
+        loop {
+            let index = node::pick(&nodes, &tried);
+            tried.push(index);
+            let node = &nodes[index];
+            let outcome = {
+                let _inflight = node.start();
+                let request = self.request(node, &uri_tail, &forward)?;
+                match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ProxyError::UpstreamTimeout {
+                        cluster: self.name.clone(),
+                    }),
+                }
+            };
+            let reason = match retry::classify(&outcome) {
+                Decision::Final => {
+                    node.request_succeeded();
+                    return outcome.map(|version| Accepted {
+                        version,
+                        node: node.name.clone(),
+                        tries: tried.len() as u32,
+                    });
+                }
+                Decision::Retry(reason) => reason,
+            };
+            all_timed_out &= reason == Reason::Timeout;
+            if node.request_failed() == Some(Transition::BecameUnhealthy) {
+                tracing::warn!(cluster = %self.name, node = %node.name, "node unhealthy: 5 retriable failures in a row");
+            }
+            let retries = tried.len() as u32 - 1;
+            let error = outcome.expect_err("retriable outcomes are errors");
+            if retries >= self.max_retries || !self.budget.withdraw() {
+                tracing::debug!(cluster = %self.name, tries = tried.len(), error = %error, "giving up");
+                return Err(if all_timed_out {
+                    ProxyError::UpstreamTimeout {
+                        cluster: self.name.clone(),
+                    }
+                } else {
+                    ProxyError::UpstreamUnavailable {
+                        cluster: self.name.clone(),
+                        source: Box::new(error),
+                    }
+                });
+            }
+            tracing::debug!(cluster = %self.name, node = %node.name, reason = reason.as_str(), retry = retries + 1, "retrying");
+            tokio::time::sleep(retry::backoff(self.retry_backoff, retries)).await;
+        }
+    }
+
+    fn request(
+        &self,
+        node: &Node,
+        query: &str,
+        forward: &Forward,
+    ) -> Result<Request<Chunks>, ProxyError> {
+        let uri: Uri = format!("{}write?{query}", node.base_url)
             .parse()
             .map_err(|e| ProxyError::UpstreamUnavailable {
                 cluster: self.name.clone(),
@@ -135,26 +234,27 @@ impl Cluster {
                 USER_AGENT,
                 concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),
             )
-            .header("x-request-id", forward.request_id)
-            .body(forward.body)
+            .header("x-request-id", forward.request_id.clone())
+            .body(forward.body.clone())
             .expect("request parts are valid");
         if forward.gzip {
             request
                 .headers_mut()
                 .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        if let Some(authorization) = forward.authorization {
-            request.headers_mut().insert(AUTHORIZATION, authorization);
+        let authorization = match &forward.credentials {
+            Credentials::Cluster => self.credentials.as_ref(),
+            Credentials::Client(client) => client.as_ref(),
+        };
+        if let Some(authorization) = authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
         }
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                cluster: self.name.clone(),
-            }),
-        }
+        Ok(request)
     }
 
-    async fn exchange(&self, request: Request<Chunks>) -> Result<Accepted, ProxyError> {
+    async fn exchange(&self, request: Request<Chunks>) -> Result<Option<HeaderValue>, ProxyError> {
         let response = self
             .client
             .request(request)
@@ -167,7 +267,7 @@ impl Cluster {
             body.collect()
                 .await
                 .map_err(|e| self.send_error(e.into()))?;
-            return Ok(Accepted { version });
+            return Ok(version);
         }
         let bytes = Limited::new(body, MAX_ERROR_BODY)
             .collect()
@@ -200,6 +300,12 @@ impl Cluster {
             cluster,
             source: error,
         }
+    }
+
+    /// Counts and logs a failed mirror delivery; the client never hears of it.
+    pub fn mirror_failed(&self, error: &ProxyError) {
+        self.mirror_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(cluster = %self.name, status = error.status().as_u16(), error = %error, "mirror delivery failed");
     }
 }
 

@@ -238,6 +238,8 @@ pub enum Raw {
     Garbage,
     /// Reads and never answers.
     Stall,
+    /// Reads part of the request, then closes with data unread (the peer sees a reset).
+    Reset,
 }
 
 pub async fn raw_upstream(behaviour: Raw) -> (String, JoinHandle<()>) {
@@ -256,6 +258,10 @@ pub async fn raw_upstream(behaviour: Raw) -> (String, JoinHandle<()>) {
                         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
                     }
                     Raw::Stall => while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {},
+                    Raw::Reset => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        drop(stream);
+                    }
                 }
             });
         }
@@ -480,4 +486,99 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).unwrap();
     encoder.finish().unwrap()
+}
+
+// === influxd nodes a test owns ===
+
+/// An `influxd` (auth off) that a test can kill with SIGKILL and start again on the same data
+/// and port, as a data node dying and coming back.
+pub struct OwnInfluxd {
+    dir: tempfile::TempDir,
+    http_port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnInfluxd {
+    pub fn start() -> OwnInfluxd {
+        let dir = tempfile::Builder::new()
+            .prefix("iwp-node-")
+            .tempdir()
+            .unwrap();
+        let (http_port, rpc_port) = (free_port(), free_port());
+        let config = format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
+             [meta]\n  dir = \"{d}/meta\"\n\
+             [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
+             [http]\n  bind-address = \"127.0.0.1:{http_port}\"\n  log-enabled = false\n\
+             [logging]\n  level = \"warn\"\n[monitor]\n  store-enabled = false\n\
+             [continuous_queries]\n  enabled = false\n[subscriber]\n  enabled = false\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("influxd.conf"), config).unwrap();
+        let mut node = OwnInfluxd {
+            dir,
+            http_port,
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// Starts (again) on the same data directory and port; waits for `/ping`.
+    pub fn restart(&mut self) {
+        let binary = which("influxd").expect("influxd not found: apt-get install -y influxdb");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("influxd.log"))
+            .unwrap();
+        let child = Command::new(binary)
+            .arg("-config")
+            .arg(self.dir.path().join("influxd.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start influxd");
+        self.child = Some(child);
+        assert!(wait_for_ping(&self.url()), "influxd did not start");
+    }
+
+    /// SIGKILL: no shutdown, no flush beyond what influxd already fsynced.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn query(&self, db: Option<&str>, q: &str) -> serde_json::Value {
+        let mut args = vec![
+            "-sS".to_string(),
+            "-XPOST".into(),
+            format!("{}/query?epoch=ns", self.url()),
+        ];
+        if let Some(db) = db {
+            args.extend(["--data-urlencode".into(), format!("db={db}")]);
+        }
+        args.extend(["--data-urlencode".into(), format!("q={q}")]);
+        let output = Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl is installed");
+        serde_json::from_slice(&output.stdout).expect("influxd answers JSON")
+    }
+}
+
+impl Drop for OwnInfluxd {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
