@@ -42,7 +42,7 @@ pub enum ProxyError {
     DecodedBodyTooLarge { limit: u64 },
     #[error("request body stalled: no data for {0:?}")]
     BodyTimeout(std::time::Duration),
-    #[error("error reading request body")]
+    #[error("error reading request body: {0}")]
     BodyRead(#[source] hyper::Error),
     #[error("not found")]
     NotFound,

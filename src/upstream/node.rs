@@ -128,14 +128,16 @@ pub fn pick(nodes: &[Node], tried: &[usize]) -> usize {
         .into_iter()
         .find(|g| !g.is_empty())
         .unwrap_or_else(|| all.collect());
-    let least = candidates
+    // One snapshot of the loads: other requests change them while this one chooses.
+    let loads: Vec<(usize, usize)> = candidates
         .iter()
-        .map(|&i| nodes[i].inflight())
-        .min()
-        .unwrap_or(0);
-    let tied: Vec<usize> = candidates
-        .into_iter()
-        .filter(|&i| nodes[i].inflight() == least)
+        .map(|&i| (i, nodes[i].inflight()))
+        .collect();
+    let least = loads.iter().map(|&(_, load)| load).min().unwrap_or(0);
+    let tied: Vec<usize> = loads
+        .iter()
+        .filter(|&&(_, load)| load == least)
+        .map(|&(i, _)| i)
         .collect();
     tied[fastrand::usize(..tied.len())]
 }
@@ -220,6 +222,27 @@ mod tests {
             seen[pick(&nodes, &[])] += 1;
         }
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+
+    #[test]
+    fn pick_survives_loads_changing_while_it_chooses() {
+        let nodes = std::sync::Arc::new(nodes(3));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let churn: Vec<_> = (0..3)
+            .map(|t| {
+                let (nodes, stop) = (nodes.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _guard = nodes[t].start();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..200_000 {
+            assert!(pick(&nodes, &[]) < 3);
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.into_iter().for_each(|t| t.join().unwrap());
     }
 
     #[test]
