@@ -75,6 +75,9 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("too many bytes in flight, retry later")]
     Overloaded,
+    /// A bug: a handler panicked. The client gets a 500, the connection stays usable.
+    #[error("internal error")]
+    Panic,
 }
 
 impl ProxyError {
@@ -99,6 +102,7 @@ impl ProxyError {
             Upstream { status, .. } => *status,
             UpstreamUnavailable { .. } | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
+            Panic => StatusCode::INTERNAL_SERVER_ERROR,
             UpstreamTimeout { .. } | RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -174,6 +178,18 @@ impl ProxyError {
     }
 }
 
+/// The answer when a handler panicked (tower-http's `CatchPanic` calls this). The panic
+/// message is logged, never sent.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "request handler panicked");
+    ProxyError::Panic.into_response(Api::V1, "")
+}
+
 /// Header values cannot hold control characters; upstream messages may (multi-line errors).
 fn header_safe(message: &str) -> String {
     let mut out: String = message
@@ -240,6 +256,16 @@ mod tests {
         assert_eq!(
             body["error"],
             "no node of cluster \"default\" could take the write"
+        );
+    }
+
+    #[tokio::test]
+    async fn panics_become_a_500_without_their_message() {
+        let response = panic_response(Box::new("secret token abc in a panic".to_string()));
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            body_of(response).await,
+            serde_json::json!({"error": "internal error"})
         );
     }
 
