@@ -40,11 +40,65 @@ pub enum AuthMode {
     None,
     /// Client credentials are forwarded upstream and checked there.
     Passthrough,
+    /// Clients authenticate to the proxy (tokens, users, JWT); the cluster's credentials go
+    /// upstream.
+    Proxy,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    /// Mode `proxy` only.
+    pub tokens: Vec<TokenConfig>,
+    pub users: Vec<UserConfig>,
+    pub jwt_secret: Option<Secret>,
+}
+
+/// A `[[auth.tokens]]` entry: a principal that presents a token.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub name: String,
+    /// SHA-256 of the token: the token itself is never kept.
+    pub digest: [u8; 32],
+    pub databases: Vec<String>,
+    pub rate: RateConfig,
+}
+
+/// A `[[auth.users]]` entry: a principal that presents a username and password.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: PasswordCheck,
+    pub databases: Vec<String>,
+    pub rate: RateConfig,
+}
+
+/// How a user's password is verified.
+#[derive(Clone)]
+pub enum PasswordCheck {
+    /// An argon2 PHC string (`$argon2id$v=19$…`).
+    Argon2(String),
+    /// SHA-256 of a plain password given through the environment.
+    Plain([u8; 32]),
+}
+
+impl fmt::Debug for PasswordCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PasswordCheck::Argon2(_) => "Argon2(***)",
+            PasswordCheck::Plain(_) => "Plain(***)",
+        })
+    }
+}
+
+/// A principal's limits; 0 is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateConfig {
+    pub requests_per_second: u32,
+    /// Decoded body bytes.
+    pub bytes_per_second: u64,
+    /// Bucket depth, in seconds of the rate.
+    pub burst_seconds: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +281,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     auth: RawAuth,
-    rate_limit: Option<toml::Value>,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
     #[serde(default)]
     clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
@@ -255,9 +310,52 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     mode: Option<String>,
-    tokens: Option<toml::Value>,
-    users: Option<toml::Value>,
-    jwt: Option<toml::Value>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    jwt: Option<RawJwt>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    token: String,
+    #[serde(default)]
+    databases: Vec<String>,
+    rate_limit: Option<RawRateOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    databases: Vec<String>,
+    rate_limit: Option<RawRateOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    shared_secret: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests_per_second: Option<u32>,
+    bytes_per_second: Option<RawSize>,
+    burst_seconds: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateOverride {
+    requests_per_second: Option<u32>,
+    bytes_per_second: Option<RawSize>,
 }
 
 #[derive(Deserialize)]
@@ -446,10 +544,7 @@ impl RawConfig {
         let mode = match self.auth.mode.as_deref() {
             None | Some("none") => AuthMode::None,
             Some("passthrough") => AuthMode::Passthrough,
-            Some("proxy") => {
-                c.unsupported("auth.mode = \"proxy\"", true);
-                AuthMode::None
-            }
+            Some("proxy") => AuthMode::Proxy,
             Some(other) => {
                 c.error(
                     "auth.mode",
@@ -458,10 +553,7 @@ impl RawConfig {
                 AuthMode::None
             }
         };
-        c.unsupported("auth.tokens", self.auth.tokens.is_some());
-        c.unsupported("auth.users", self.auth.users.is_some());
-        c.unsupported("auth.jwt", self.auth.jwt.is_some());
-        c.unsupported("rate_limit", self.rate_limit.is_some());
+        let auth = validate_auth(mode, &self.auth, &self.rate_limit, &mut c);
         c.unsupported("spool", self.spool.is_some());
 
         if !self.clusters.contains_key("default") {
@@ -563,11 +655,177 @@ impl RawConfig {
         }
         Ok(Config {
             server,
-            auth: AuthConfig { mode },
+            auth,
             clusters,
             routes,
         })
     }
+}
+
+fn validate_auth(
+    mode: AuthMode,
+    raw: &RawAuth,
+    limits: &RawRateLimit,
+    c: &mut Checker,
+) -> AuthConfig {
+    let global = RateConfig {
+        requests_per_second: limits.requests_per_second.unwrap_or(0),
+        bytes_per_second: match &limits.bytes_per_second {
+            Some(RawSize::Bytes(n)) => *n,
+            other => c.size("rate_limit.bytes_per_second", other.as_ref(), 0),
+        },
+        burst_seconds: limits.burst_seconds.unwrap_or(2),
+    };
+    if global.burst_seconds == 0 {
+        c.error("rate_limit.burst_seconds", "must be at least 1");
+    }
+    let rate = |c: &mut Checker, path: &str, o: &Option<RawRateOverride>| match o {
+        None => global,
+        Some(o) => RateConfig {
+            requests_per_second: o.requests_per_second.unwrap_or(global.requests_per_second),
+            bytes_per_second: match &o.bytes_per_second {
+                None => global.bytes_per_second,
+                Some(RawSize::Bytes(n)) => *n,
+                Some(size) => c.size(
+                    &format!("{path}.rate_limit.bytes_per_second"),
+                    Some(size),
+                    0,
+                ),
+            },
+            burst_seconds: global.burst_seconds,
+        },
+    };
+    let mut names = std::collections::HashSet::new();
+    let mut databases = |c: &mut Checker, path: &str, name: &str, patterns: &[String]| {
+        if name.is_empty() {
+            c.error(path, "needs a name");
+        } else if !names.insert(name.to_string()) {
+            c.error(path, format!("{name:?} is used by another token or user"));
+        }
+        if patterns.is_empty() {
+            c.error(
+                &format!("{path}.databases"),
+                "needs at least one pattern (\"*\" for all)",
+            );
+        }
+        if patterns.iter().any(|p| p.is_empty() || p.starts_with('/')) {
+            c.error(
+                &format!("{path}.databases"),
+                "patterns are \"db\" or \"db/rp\" globs",
+            );
+        }
+        patterns.to_vec()
+    };
+    let mut tokens = vec![];
+    for (i, t) in raw.tokens.iter().enumerate() {
+        let path = format!("auth.tokens[{i}]");
+        let digest = match t.token.strip_prefix("sha256:") {
+            Some(hex) => parse_digest(hex).unwrap_or_else(|| {
+                c.error(
+                    &format!("{path}.token"),
+                    "a sha256: token needs 64 hex digits (see `hash-secret --token`)",
+                );
+                [0; 32]
+            }),
+            None if t.token.len() < 16 => {
+                c.error(
+                    &format!("{path}.token"),
+                    "plain tokens must be at least 16 characters",
+                );
+                [0; 32]
+            }
+            None => sha256(t.token.as_bytes()),
+        };
+        tokens.push(TokenConfig {
+            databases: databases(c, &path, &t.name, &t.databases),
+            name: t.name.clone(),
+            digest,
+            rate: rate(c, &path, &t.rate_limit),
+        });
+    }
+    let mut users = vec![];
+    for (i, u) in raw.users.iter().enumerate() {
+        let path = format!("auth.users[{i}]");
+        let password = if u.password.starts_with("$argon2") {
+            let valid = argon2::PasswordHash::new(&u.password).is_ok_and(|h| {
+                h.hash.is_some()
+                    && h.salt.is_some()
+                    && argon2::Algorithm::try_from(h.algorithm).is_ok()
+            });
+            if !valid {
+                c.error(
+                    &format!("{path}.password"),
+                    "not a valid argon2 PHC string (see `hash-secret`)",
+                );
+            }
+            PasswordCheck::Argon2(u.password.clone())
+        } else if u.password.is_empty() {
+            c.error(&format!("{path}.password"), "must not be empty");
+            PasswordCheck::Plain([0; 32])
+        } else {
+            PasswordCheck::Plain(sha256(u.password.as_bytes()))
+        };
+        users.push(UserConfig {
+            databases: databases(c, &path, &u.username, &u.databases),
+            username: u.username.clone(),
+            password,
+            rate: rate(c, &path, &u.rate_limit),
+        });
+    }
+    let jwt_secret = raw.jwt.as_ref().map(|j| {
+        if j.shared_secret.len() < 32 {
+            c.error("auth.jwt.shared_secret", "must be at least 32 bytes");
+        }
+        if raw.users.is_empty() {
+            c.error(
+                "auth.jwt",
+                "needs [[auth.users]]: a token's username must be one of them",
+            );
+        }
+        Secret(j.shared_secret.clone())
+    });
+    match mode {
+        AuthMode::Proxy if tokens.is_empty() && users.is_empty() => {
+            c.error(
+                "auth.mode",
+                "\"proxy\" needs [[auth.tokens]] or [[auth.users]]: nobody could write",
+            );
+        }
+        AuthMode::Proxy => {}
+        _ => {
+            for (key, present) in [
+                ("auth.tokens", !tokens.is_empty()),
+                ("auth.users", !users.is_empty()),
+                ("auth.jwt", jwt_secret.is_some()),
+            ] {
+                if present {
+                    c.error(key, "is only used with auth.mode = \"proxy\"");
+                }
+            }
+        }
+    }
+    AuthConfig {
+        mode,
+        tokens,
+        users,
+        jwt_secret,
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A node is `http://host:port` with an optional path prefix (for nodes behind a path-routing
@@ -661,17 +919,92 @@ mod tests {
     #[test]
     fn sections_not_built_yet_are_rejected_not_ignored() {
         let errors = parse(&format!(
-            "[auth]\nmode = \"proxy\"\n[spool]\nenabled = true\n{MINIMAL}tls_ca_file = \"ca.pem\"\n"
+            "[spool]\nenabled = true\n{MINIMAL}tls_ca_file = \"ca.pem\"\n"
         ))
         .unwrap_err()
         .0;
         assert_eq!(
             errors,
             vec![
-                "not supported yet: auth.mode = \"proxy\"",
                 "not supported yet: spool",
                 "not supported yet: clusters.default.tls_ca_file",
             ]
+        );
+    }
+
+    #[test]
+    fn auth_proxy_reads_tokens_users_jwt_and_limits() {
+        let config = parse(&format!(
+            "[auth]\nmode = \"proxy\"\n\
+             [[auth.tokens]]\nname = \"telegraf\"\ntoken = \"sha256:{}\"\ndatabases = [\"telegraf\"]\n\
+             rate_limit = {{ requests_per_second = 50, bytes_per_second = \"20MB\" }}\n\
+             [[auth.tokens]]\nname = \"ci\"\ntoken = \"plain-token-from-env-1234\"\ndatabases = [\"*\"]\n\
+             [[auth.users]]\nusername = \"alice\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$kf0mCpoGn7/bz2LyTAr8LQ$tAdrMh/5M3/lQes+UnApBwZQhOWLGeNS4xKhd/7H1fY\"\ndatabases = [\"app_*\"]\n\
+             [auth.jwt]\nshared_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             [rate_limit]\nrequests_per_second = 10\nburst_seconds = 3\n{MINIMAL}",
+            "9f".repeat(32)
+        ))
+        .unwrap();
+        let auth = &config.auth;
+        assert_eq!(auth.mode, AuthMode::Proxy);
+        assert_eq!(auth.tokens[0].digest, [0x9f; 32]);
+        assert_eq!(
+            auth.tokens[0].rate,
+            RateConfig {
+                requests_per_second: 50,
+                bytes_per_second: 20_000_000,
+                burst_seconds: 3
+            }
+        );
+        assert_eq!(auth.tokens[1].digest, sha256(b"plain-token-from-env-1234"));
+        assert_eq!(
+            auth.tokens[1].rate.requests_per_second, 10,
+            "the global limit applies"
+        );
+        assert!(matches!(auth.users[0].password, PasswordCheck::Argon2(_)));
+        assert!(auth.jwt_secret.is_some());
+        assert!(!format!("{config:?}").contains("argon2id$v=19$m=19456"));
+    }
+
+    #[test]
+    fn unsafe_or_pointless_auth_settings_are_errors() {
+        let errors = parse(&format!(
+            "[auth]\nmode = \"proxy\"\n\
+             [[auth.tokens]]\nname = \"a\"\ntoken = \"short\"\n\
+             [[auth.tokens]]\nname = \"a\"\ntoken = \"sha256:xyz\"\ndatabases = [\"db\"]\n\
+             [[auth.users]]\nusername = \"u\"\npassword = \"$argon2id$broken\"\ndatabases = [\"db\"]\n\
+             [auth.jwt]\nshared_secret = \"too-short\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .0;
+        assert_eq!(
+            errors,
+            vec![
+                "auth.tokens[0].token: plain tokens must be at least 16 characters",
+                "auth.tokens[0].databases: needs at least one pattern (\"*\" for all)",
+                "auth.tokens[1].token: a sha256: token needs 64 hex digits (see `hash-secret --token`)",
+                "auth.tokens[1]: \"a\" is used by another token or user",
+                "auth.users[0].password: not a valid argon2 PHC string (see `hash-secret`)",
+                "auth.jwt.shared_secret: must be at least 32 bytes",
+            ]
+        );
+        let errors = parse(&format!("[auth]\nmode = \"proxy\"\n{MINIMAL}"))
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errors,
+            vec![
+                "auth.mode: \"proxy\" needs [[auth.tokens]] or [[auth.users]]: nobody could write"
+            ]
+        );
+        let errors = parse(&format!(
+            "[[auth.tokens]]\nname = \"a\"\ntoken = \"long-enough-token-123\"\ndatabases = [\"*\"]\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .0;
+        assert_eq!(
+            errors,
+            vec!["auth.tokens: is only used with auth.mode = \"proxy\""]
         );
     }
 

@@ -44,6 +44,25 @@ pub enum ProxyError {
     BodyTimeout(std::time::Duration),
     #[error("error reading request body: {0}")]
     BodyRead(#[source] hyper::Error),
+    /// Missing, unknown or wrong credentials: one answer for every kind of failure.
+    #[error("authorization failed")]
+    Unauthorized,
+    #[error("{principal:?} is not authorized to write to database {db:?}")]
+    Forbidden { principal: String, db: String },
+    #[error("{principal:?} is over its rate limit of {what} per second; retry in {retry_after} s")]
+    RateLimited {
+        principal: String,
+        what: &'static str,
+        retry_after: u64,
+    },
+    #[error("{principal:?} sent a {bytes}-byte write, larger than its burst of {burst} bytes: raise its bytes_per_second or burst_seconds")]
+    LargerThanBurst {
+        principal: String,
+        bytes: u64,
+        burst: u64,
+    },
+    #[error("too many failed logins from this address; retry in {retry_after} s")]
+    LoginThrottled { retry_after: u64 },
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -94,7 +113,12 @@ impl ProxyError {
             | BadGzip(_)
             | UnsupportedEncoding(_)
             | BodyRead(_) => StatusCode::BAD_REQUEST,
-            BodyTooLarge { .. } | DecodedBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge { .. } | DecodedBodyTooLarge { .. } | LargerThanBurst { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden { .. } => StatusCode::FORBIDDEN,
+            RateLimited { .. } | LoginThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -158,7 +182,12 @@ impl ProxyError {
             headers.insert("x-influxdb-error", value);
         }
         if matches!(status.as_u16(), 429 | 503) {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            let seconds = match &self {
+                ProxyError::RateLimited { retry_after, .. }
+                | ProxyError::LoginThrottled { retry_after } => *retry_after,
+                _ => 1,
+            };
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         if matches!(
             self,

@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tower::Service;
 
+use crate::auth::{Authenticator, Principal};
 use crate::body::{self, Chunks, Inflight};
 use crate::config::{AuthMode, Config};
 use crate::error::{Api, ProxyError};
@@ -29,6 +30,8 @@ use tokio_util::task::TaskTracker;
 /// State shared by every request, built once.
 pub struct Shared {
     pub config: Config,
+    /// Mode `proxy` only.
+    pub auth: Option<Arc<Authenticator>>,
     pub upstreams: Upstreams,
     pub inflight: Arc<Inflight>,
     /// Set when shutdown starts: `/ready` answers 503 from then on.
@@ -42,6 +45,8 @@ impl Shared {
     pub fn new(config: Config) -> Arc<Self> {
         Arc::new(Self {
             upstreams: Upstreams::new(&config),
+            auth: (config.auth.mode == AuthMode::Proxy)
+                .then(|| Arc::new(Authenticator::new(&config.auth))),
             inflight: Inflight::new(config.server.max_inflight_bytes),
             draining: AtomicBool::new(false),
             background: TaskTracker::new(),
@@ -132,6 +137,17 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         Api::V1 => WriteParams::from_v1(query)?,
         Api::V2 => WriteParams::from_v2(query)?,
     };
+    // Authorization before a byte of the body is read.
+    let principal = request.extensions().get::<Arc<Principal>>().cloned();
+    if let Some(principal) = &principal {
+        if !principal.may_write(&params.db, params.rp.as_deref()) {
+            tracing::info!(principal = %principal.name, db = %params.db, "write refused: database not allowed");
+            return Err(ProxyError::Forbidden {
+                principal: principal.name.clone(),
+                db: params.db,
+            });
+        }
+    }
     let (parts, incoming) = request.into_parts();
     let gzip = match parts
         .headers
@@ -155,7 +171,7 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
             .expect("validated routes name existing clusters")
     };
     let credentials = match shared.config.auth.mode {
-        AuthMode::None => Credentials::Cluster,
+        AuthMode::None | AuthMode::Proxy => Credentials::Cluster,
         AuthMode::Passthrough => Credentials::Client(client_credentials(
             &params,
             parts.headers.get(AUTHORIZATION),
@@ -192,6 +208,7 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
             .await
             .expect("gunzip does not panic")?;
         reservation.grow(decoded.len() as u64)?;
+        check_bytes(principal.as_deref(), decoded.len())?;
         let (stamped, summary) = lineproto::stamp(decoded, timestamp);
         // A gzip body that needed no change goes upstream still compressed.
         if summary.untimed == 0 && summary.crlf == 0 {
@@ -199,11 +216,15 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         } else {
             (Chunks::from(stamped), false, summary.points)
         }
-    } else if let Some(points) = check.and_then(TimestampCheck::finish) {
-        (wire, false, points)
     } else {
-        let (stamped, summary) = lineproto::stamp(wire.join(), timestamp);
-        (Chunks::from(stamped), false, summary.points)
+        check_bytes(principal.as_deref(), wire.len() as usize)?;
+        match check.and_then(TimestampCheck::finish) {
+            Some(points) => (wire, false, points),
+            None => {
+                let (stamped, summary) = lineproto::stamp(wire.join(), timestamp);
+                (Chunks::from(stamped), false, summary.points)
+            }
+        }
     };
     let request_id = parts
         .extensions
@@ -257,6 +278,14 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         response.headers_mut().insert("x-influxdb-version", version);
     }
     Ok(response)
+}
+
+/// The principal's decoded-bytes rate limit.
+fn check_bytes(principal: Option<&Principal>, bytes: usize) -> Result<(), ProxyError> {
+    match principal {
+        Some(p) => p.limits.check_bytes(&p.name, bytes as u64),
+        None => Ok(()),
+    }
 }
 
 /// What mode `passthrough` sends upstream: `u`/`p` as Basic, `Token user:password` as Basic
@@ -356,6 +385,7 @@ fn ready(shared: &Shared) -> Resp {
 /// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching
 /// the cluster (databases are an operator's business). Any other query is refused.
 async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, ProxyError> {
+    let principal = request.extensions().get::<Arc<Principal>>().cloned();
     let mut q = Query::parse(request.uri().query())?
         .get("q")
         .map(|q| q.into_owned());
@@ -383,6 +413,12 @@ async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, Prox
         }
     }
     match q.as_deref().and_then(create_database_target) {
+        Some(db) if principal.as_ref().is_some_and(|p| !p.may_use_database(&db)) => {
+            Err(ProxyError::Forbidden {
+                principal: principal.map(|p| p.name.clone()).unwrap_or_default(),
+                db,
+            })
+        }
         Some(_) => Ok(json(
             StatusCode::OK,
             serde_json::json!({"results": [{"statement_id": 0}]}),

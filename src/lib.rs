@@ -2,10 +2,12 @@
 //! (`/write`, `/api/v2/write`) to clusters of InfluxDB Enterprise data nodes or OSS servers.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod limit;
 pub mod lineproto;
 pub mod request_id;
 pub mod rewrite;

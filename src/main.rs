@@ -33,6 +33,13 @@ struct Args {
 enum Command {
     /// Parse and validate the configuration, print `config OK` or every error
     Check,
+    /// Read a password (or with --token, a token) on stdin and print what to put in
+    /// proxy.toml: an argon2id PHC string, or `sha256:<hex>`
+    HashSecret {
+        /// Hash a token (`sha256:<hex>` for [[auth.tokens]] token)
+        #[arg(long)]
+        token: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,6 +54,9 @@ fn main() -> ExitCode {
         .config
         .or_else(|| std::env::var_os("INFLUX_WRITE_PROXY_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("proxy.toml"));
+    if let Some(Command::HashSecret { token }) = args.command {
+        return hash_secret(token);
+    }
     let config = Config::load(&path);
     if let Some(Command::Check) = args.command {
         return match config {
@@ -87,6 +97,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_secret(token: bool) -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+        eprintln!("cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    // A trailing newline (from echo or a terminal) is not part of the secret.
+    let secret = input.strip_suffix('\n').unwrap_or(&input);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        eprintln!("nothing to hash: give the secret on stdin");
+        return ExitCode::FAILURE;
+    }
+    if token {
+        let digest = influx_write_proxy::config::sha256(secret.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        println!("sha256:{hex}");
+    } else {
+        println!("{}", influx_write_proxy::auth::hash_password(secret));
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(format: LogFormat) {

@@ -14,7 +14,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
+use crate::auth::PeerAddr;
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::handler::{Role, Shared};
@@ -130,6 +132,8 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
+        // Line-protocol clients send a handful of headers; 100 is plenty and bounds parsing.
+        .max_headers(100)
         .keep_alive(true)
         // Smaller reads keep each body frame in cache while it is scanned, and bound the
         // memory a connection holds (measured: 256 KiB beats the 400 KiB default on RSS).
@@ -139,6 +143,10 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
+        // Rapid-reset (CVE-2023-44487) and error-reset floods: cap the streams a client may
+        // open and cancel, or make fail, before the connection is closed.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
@@ -165,11 +173,14 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let service = service.clone().map_request(
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            },
+        );
         let connection = builder
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            )
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

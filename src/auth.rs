@@ -1,0 +1,679 @@
+//! Auth mode `proxy`: who is asking, and what they may write. Credentials are read as
+//! InfluxDB reads them (`u`+`p` when both are non-empty, else `Authorization`: `Bearer`,
+//! `Token`, `Basic`); tokens are compared as SHA-256 digests in constant time; passwords are
+//! checked against argon2 hashes, with successes cached under a per-process HMAC key so a
+//! client sending its password on every request costs one hash; JWTs are HS256 only. Every
+//! failure is the same 401. `AuthLayer` puts the [`Principal`] in the request's extensions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Request, Response};
+use http_body_util::Full;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use crate::config::{sha256, AuthConfig, PasswordCheck, RateConfig, Secret};
+use crate::error::{Api, ProxyError};
+use crate::limit::{Limits, LoginThrottle};
+use crate::rewrite::Query;
+
+/// Someone who authenticated: a token's name or a username.
+pub struct Principal {
+    pub name: String,
+    databases: Vec<String>,
+    pub limits: Limits,
+}
+
+impl Principal {
+    fn new(name: &str, databases: &[String], rate: RateConfig) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            databases: databases.to_vec(),
+            limits: Limits::new(rate),
+        })
+    }
+
+    /// Whether a `databases` pattern allows `db` (and `rp`). `db` patterns allow any
+    /// retention policy; `db/rp` patterns need the write to name a matching rp (the default
+    /// policy's name is the cluster's business, so `db/*` is the way to allow it).
+    pub fn may_write(&self, db: &str, rp: Option<&str>) -> bool {
+        self.databases
+            .iter()
+            .any(|pattern| match pattern.split_once('/') {
+                None => glob_match::glob_match(pattern, db),
+                Some((db_glob, rp_glob)) => {
+                    glob_match::glob_match(db_glob, db)
+                        && (rp_glob == "*"
+                            || rp.is_some_and(|rp| glob_match::glob_match(rp_glob, rp)))
+                }
+            })
+    }
+
+    /// For `CREATE DATABASE`: whether any pattern covers the database at all.
+    pub fn may_use_database(&self, db: &str) -> bool {
+        self.databases.iter().any(|pattern| {
+            glob_match::glob_match(pattern.split_once('/').map_or(pattern, |(d, _)| d), db)
+        })
+    }
+}
+
+/// What a request presented.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented {
+    None,
+    Token(String),
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Jwt(String),
+    /// An `Authorization` header the proxy cannot read.
+    Malformed,
+}
+
+/// Reads credentials as InfluxDB 1.x does: `u` and `p` when both are non-empty, else the
+/// `Authorization` header. `Bearer` carries a JWT when JWTs are configured and it looks
+/// like one (three dot-separated parts), else a token; `Token` carries `user:password` or a
+/// token; `Basic` carries `user:password`.
+pub fn presented(query: Option<&str>, headers: &HeaderMap, jwt: bool) -> Presented {
+    if let Ok(q) = Query::parse(query) {
+        if let (Some(u), Some(p)) = (q.get("u"), q.get("p")) {
+            if !u.is_empty() && !p.is_empty() {
+                return Presented::UserPassword {
+                    user: u.into_owned(),
+                    password: Secret::new(p.into_owned()),
+                };
+            }
+        }
+    }
+    let Some(header) = headers.get(AUTHORIZATION) else {
+        return Presented::None;
+    };
+    let Ok(header) = header.to_str() else {
+        return Presented::Malformed;
+    };
+    let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
+    let value = value.trim();
+    if value.is_empty() {
+        return Presented::Malformed;
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" if jwt && value.matches('.').count() == 2 => Presented::Jwt(value.to_string()),
+        "bearer" => Presented::Token(value.to_string()),
+        "token" => match value.split_once(':') {
+            Some((user, password)) if !user.is_empty() => Presented::UserPassword {
+                user: user.to_string(),
+                password: Secret::new(password.to_string()),
+            },
+            _ => Presented::Token(value.to_string()),
+        },
+        "basic" => base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| {
+                let (user, password) = pair.split_once(':')?;
+                Some(Presented::UserPassword {
+                    user: user.to_string(),
+                    password: Secret::new(password.to_string()),
+                })
+            })
+            .unwrap_or(Presented::Malformed),
+        _ => Presented::Malformed,
+    }
+}
+
+/// Successful password checks remembered at most; the cache is emptied when full.
+const CACHE_ENTRIES: usize = 10_000;
+/// Argon2 computations at once: each takes a core for tens of milliseconds.
+const CONCURRENT_HASHES: usize = 2;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Checks credentials against the configured tokens, users and JWT secret.
+pub struct Authenticator {
+    tokens: Vec<([u8; 32], Arc<Principal>)>,
+    users: HashMap<String, (PasswordCheck, Arc<Principal>)>,
+    jwt_secret: Option<Secret>,
+    /// HMAC keys of (user, password, hash) that verified; the key is random per process.
+    cache: Mutex<std::collections::HashSet<[u8; 32]>>,
+    cache_key: [u8; 32],
+    hashing: Semaphore,
+    hashes: std::sync::atomic::AtomicU64,
+    pub throttle: LoginThrottle,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Self {
+        let mut cache_key = [0u8; 32];
+        getrandom::fill(&mut cache_key).expect("the OS has randomness");
+        Self {
+            tokens: config
+                .tokens
+                .iter()
+                .map(|t| (t.digest, Principal::new(&t.name, &t.databases, t.rate)))
+                .collect(),
+            users: config
+                .users
+                .iter()
+                .map(|u| {
+                    let principal = Principal::new(&u.username, &u.databases, u.rate);
+                    (u.username.clone(), (u.password.clone(), principal))
+                })
+                .collect(),
+            jwt_secret: config.jwt_secret.clone(),
+            cache: Mutex::new(Default::default()),
+            cache_key,
+            hashing: Semaphore::new(CONCURRENT_HASHES),
+            hashes: Default::default(),
+            throttle: LoginThrottle::new(),
+        }
+    }
+
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt_secret.is_some()
+    }
+
+    /// Argon2 verifications run so far (the cache should keep this near the user count).
+    pub fn hashes_computed(&self) -> u64 {
+        self.hashes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The principal behind `presented`, or 401.
+    pub async fn authenticate(&self, presented: Presented) -> Result<Arc<Principal>, ProxyError> {
+        match presented {
+            Presented::None | Presented::Malformed => Err(ProxyError::Unauthorized),
+            Presented::Token(token) => self.token(&token),
+            Presented::UserPassword { user, password } => self.password(&user, &password).await,
+            Presented::Jwt(jwt) => {
+                let secret = self.jwt_secret.as_ref().ok_or(ProxyError::Unauthorized)?;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let username = verify_jwt(&jwt, secret.expose().as_bytes(), now)
+                    .ok_or(ProxyError::Unauthorized)?;
+                self.users
+                    .get(&username)
+                    .map(|(_, p)| p.clone())
+                    .ok_or(ProxyError::Unauthorized)
+            }
+        }
+    }
+
+    fn token(&self, token: &str) -> Result<Arc<Principal>, ProxyError> {
+        let digest = sha256(token.as_bytes());
+        // Compare against every token, without stopping at a match.
+        let mut found = None;
+        for (candidate, principal) in &self.tokens {
+            if bool::from(candidate.ct_eq(&digest)) {
+                found = Some(principal.clone());
+            }
+        }
+        found.ok_or(ProxyError::Unauthorized)
+    }
+
+    async fn password(&self, user: &str, password: &Secret) -> Result<Arc<Principal>, ProxyError> {
+        let Some((check, principal)) = self.users.get(user) else {
+            // Spend the same time as for a wrong password, so probing usernames tells nothing.
+            let _ = self
+                .verify_argon2(dummy_hash().to_string(), password.clone())
+                .await;
+            return Err(ProxyError::Unauthorized);
+        };
+        let ok = match check {
+            PasswordCheck::Plain(digest) => {
+                bool::from(digest.ct_eq(&sha256(password.expose().as_bytes())))
+            }
+            PasswordCheck::Argon2(phc) => {
+                let key = self.cache_key(user, password, phc);
+                if self.cache.lock().expect("cache lock").contains(&key) {
+                    true
+                } else if self.verify_argon2(phc.clone(), password.clone()).await {
+                    let mut cache = self.cache.lock().expect("cache lock");
+                    if cache.len() >= CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                    cache.insert(key);
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if ok {
+            Ok(principal.clone())
+        } else {
+            Err(ProxyError::Unauthorized)
+        }
+    }
+
+    fn cache_key(&self, user: &str, password: &Secret, phc: &str) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.cache_key).expect("HMAC takes any key");
+        for part in [user, password.expose(), phc] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    async fn verify_argon2(&self, phc: String, password: Secret) -> bool {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        self.hashes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&phc)
+                .map(|hash| {
+                    Argon2::default()
+                        .verify_password(password.expose().as_bytes(), &hash)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// An argon2id hash of a random password, computed once, for unknown usernames.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut password = [0u8; 32];
+        getrandom::fill(&mut password).expect("the OS has randomness");
+        hash_password(&base64::engine::general_purpose::STANDARD.encode(password))
+    })
+}
+
+/// An argon2id PHC string for `password` with the default parameters and a random salt.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS has randomness");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string()
+}
+
+/// Verifies an InfluxDB-style JWT: HS256 only (`alg: none` and every other algorithm are
+/// refused), a valid signature, an `exp` in the future, and a `username`.
+pub fn verify_jwt(token: &str, secret: &[u8], now: u64) -> Option<String> {
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let (header, claims, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Header {
+        alg: String,
+    }
+    let header: Header = serde_json::from_slice(&b64.decode(header).ok()?).ok()?;
+    if header.alg != "HS256" {
+        return None;
+    }
+    let mut mac = HmacSha256::new_from_slice(secret).ok()?;
+    mac.update(&token.as_bytes()[..token.rfind('.')?]);
+    mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        username: String,
+        exp: f64,
+    }
+    let claims: Claims = serde_json::from_slice(&b64.decode(claims).ok()?).ok()?;
+    (claims.exp > now as f64 && !claims.username.is_empty()).then_some(claims.username)
+}
+
+/// The client's address, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+// === AuthLayer ===
+
+/// Authenticates writes and queries in mode `proxy` (401, or 429 for a throttled address);
+/// everything else passes untouched.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Option<Arc<Authenticator>>,
+    realm: Arc<str>,
+}
+
+impl AuthLayer {
+    /// `auth` is `None` outside mode `proxy`.
+    pub fn new(auth: Option<Arc<Authenticator>>, realm: &str) -> Self {
+        Self {
+            auth,
+            realm: realm.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            auth: self.auth.clone(),
+            realm: self.realm.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    auth: Option<Arc<Authenticator>>,
+    realm: Arc<str>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Resp;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let guarded = matches!(path, "/write" | "/api/v2/write" | "/query");
+        let Some(auth) = self.auth.clone().filter(|_| guarded) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let api = if path == "/api/v2/write" {
+            Api::V2
+        } else {
+            Api::V1
+        };
+        let realm = self.realm.clone();
+        // Take the service that was made ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let ip = request
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+            if let Err(throttled) = auth.throttle.check(ip) {
+                return Ok(throttled.into_response(api, &realm));
+            }
+            let presented = presented(request.uri().query(), request.headers(), auth.jwt_enabled());
+            match auth.authenticate(presented).await {
+                Ok(principal) => {
+                    if let Err(limited) = principal.limits.check_request(&principal.name) {
+                        return Ok(limited.into_response(api, &realm));
+                    }
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(error) => {
+                    tracing::info!(client = %ip, "authentication failed");
+                    let error = auth.throttle.failed(ip).unwrap_or(error);
+                    Ok(error.into_response(api, &realm))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{TokenConfig, UserConfig};
+
+    const RATE: RateConfig = RateConfig {
+        requests_per_second: 0,
+        bytes_per_second: 0,
+        burst_seconds: 2,
+    };
+
+    fn authenticator(jwt: Option<&str>) -> Authenticator {
+        Authenticator::new(&AuthConfig {
+            mode: crate::config::AuthMode::Proxy,
+            tokens: vec![TokenConfig {
+                name: "telegraf".into(),
+                digest: sha256(b"telegraf-token-0123456789"),
+                databases: vec!["telegraf".into()],
+                rate: RATE,
+            }],
+            users: vec![
+                UserConfig {
+                    username: "alice".into(),
+                    password: PasswordCheck::Argon2(hash_password("alice-pw")),
+                    databases: vec!["app_*".into(), "metrics/short".into()],
+                    rate: RATE,
+                },
+                UserConfig {
+                    username: "bob".into(),
+                    password: PasswordCheck::Plain(sha256(b"bob-pw")),
+                    databases: vec!["*".into()],
+                    rate: RATE,
+                },
+            ],
+            jwt_secret: jwt.map(|s| Secret::new(s.into())),
+        })
+    }
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, authorization.parse().unwrap());
+        headers
+    }
+
+    fn up(user: &str, password: &str) -> Presented {
+        Presented::UserPassword {
+            user: user.into(),
+            password: Secret::new(password.into()),
+        }
+    }
+
+    #[test]
+    fn reads_credentials_as_influxdb_does() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            presented(Some("db=a&u=al&p=pw"), &headers("Bearer x"), false),
+            up("al", "pw")
+        );
+        assert_eq!(
+            presented(Some("db=a&u=al&p="), &none, false),
+            Presented::None
+        );
+        assert_eq!(
+            presented(None, &headers("Token abc"), false),
+            Presented::Token("abc".into())
+        );
+        assert_eq!(
+            presented(None, &headers("Token al:pw:x"), false),
+            up("al", "pw:x")
+        );
+        assert_eq!(
+            presented(None, &headers("Bearer abc"), false),
+            Presented::Token("abc".into())
+        );
+        assert_eq!(
+            presented(None, &headers("Bearer a.b.c"), true),
+            Presented::Jwt("a.b.c".into())
+        );
+        assert_eq!(
+            presented(None, &headers("Bearer a.b.c"), false),
+            Presented::Token("a.b.c".into())
+        );
+        assert_eq!(
+            presented(None, &headers("Basic YWw6cHc="), false),
+            up("al", "pw")
+        );
+        assert_eq!(
+            presented(None, &headers("Basic !!!"), false),
+            Presented::Malformed
+        );
+        assert_eq!(
+            presented(None, &headers("Digest x"), false),
+            Presented::Malformed
+        );
+        assert_eq!(
+            presented(None, &headers("Bearer"), false),
+            Presented::Malformed
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let shown = format!("{:?}", up("al", "hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn tokens_users_and_their_failures() {
+        let auth = authenticator(None);
+        let t = auth
+            .authenticate(Presented::Token("telegraf-token-0123456789".into()))
+            .await
+            .unwrap();
+        assert_eq!(t.name, "telegraf");
+        assert_eq!(
+            auth.authenticate(up("alice", "alice-pw"))
+                .await
+                .unwrap()
+                .name,
+            "alice"
+        );
+        assert_eq!(
+            auth.authenticate(up("bob", "bob-pw")).await.unwrap().name,
+            "bob"
+        );
+        for bad in [
+            Presented::None,
+            Presented::Malformed,
+            Presented::Token("telegraf-token-012345678".into()),
+            up("alice", "wrong"),
+            up("bob", "wrong"),
+            up("mallory", "alice-pw"),
+            Presented::Jwt("a.b.c".into()),
+        ] {
+            let shown = format!("{bad:?}");
+            assert!(
+                matches!(auth.authenticate(bad).await, Err(ProxyError::Unauthorized)),
+                "{shown}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_password_costs_one_hash() {
+        let auth = authenticator(None);
+        for _ in 0..50 {
+            auth.authenticate(up("alice", "alice-pw")).await.unwrap();
+        }
+        assert_eq!(auth.hashes_computed(), 1);
+        // A wrong password is never cached as right, and costs a hash each time.
+        for _ in 0..2 {
+            assert!(auth.authenticate(up("alice", "alice-pw2")).await.is_err());
+        }
+        assert_eq!(auth.hashes_computed(), 3);
+    }
+
+    #[test]
+    fn database_patterns_with_and_without_retention_policy() {
+        let auth = authenticator(None);
+        let alice = &auth.users["alice"].1;
+        assert!(alice.may_write("app_web", None));
+        assert!(alice.may_write("app_web", Some("anything")));
+        assert!(!alice.may_write("telegraf", None));
+        assert!(alice.may_write("metrics", Some("short")));
+        assert!(!alice.may_write("metrics", Some("long")));
+        assert!(
+            !alice.may_write("metrics", None),
+            "db/rp needs the rp named"
+        );
+        assert!(alice.may_use_database("metrics"));
+        assert!(!alice.may_use_database("telegraf"));
+    }
+
+    fn jwt(header: &str, claims: &str, secret: &[u8]) -> String {
+        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signing = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        mac.update(signing.as_bytes());
+        format!("{signing}.{}", b64.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn jwt_accepts_only_signed_unexpired_hs256() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let hs256 = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let good = jwt(hs256, r#"{"username":"alice","exp":2000}"#, secret);
+        assert_eq!(verify_jwt(&good, secret, 1000).as_deref(), Some("alice"));
+        assert_eq!(verify_jwt(&good, secret, 2000), None, "expired");
+        assert_eq!(
+            verify_jwt(&good, b"another-secret-of-32-bytes-long!", 1000),
+            None,
+            "wrong key"
+        );
+        let none = jwt(
+            r#"{"alg":"none"}"#,
+            r#"{"username":"alice","exp":2000}"#,
+            secret,
+        );
+        assert_eq!(verify_jwt(&none, secret, 1000), None, "alg none");
+        let unsigned = format!("{}.", &good[..good.rfind('.').unwrap()]);
+        assert_eq!(verify_jwt(&unsigned, secret, 1000), None, "empty signature");
+        let hs512 = jwt(
+            r#"{"alg":"HS512"}"#,
+            r#"{"username":"alice","exp":2000}"#,
+            secret,
+        );
+        assert_eq!(verify_jwt(&hs512, secret, 1000), None, "other algorithm");
+        let no_exp = jwt(hs256, r#"{"username":"alice"}"#, secret);
+        assert_eq!(verify_jwt(&no_exp, secret, 1000), None, "exp is required");
+    }
+
+    #[tokio::test]
+    async fn jwt_username_must_be_a_configured_user() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let auth = authenticator(Some(secret));
+        let hs256 = r#"{"alg":"HS256"}"#;
+        let alice = jwt(
+            hs256,
+            r#"{"username":"alice","exp":99999999999}"#,
+            secret.as_bytes(),
+        );
+        assert_eq!(
+            auth.authenticate(Presented::Jwt(alice)).await.unwrap().name,
+            "alice"
+        );
+        let mallory = jwt(
+            hs256,
+            r#"{"username":"mallory","exp":99999999999}"#,
+            secret.as_bytes(),
+        );
+        assert!(auth.authenticate(Presented::Jwt(mallory)).await.is_err());
+    }
+}
