@@ -143,3 +143,44 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert_eq!(upstream.received().len(), 1);
 }
+
+#[test]
+fn hash_secret_prints_what_proxy_toml_takes() {
+    let run_with = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+        )
+    };
+    let (code, out) = run_with(&["hash-secret", "--token"], "s3cret\n");
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        "sha256:1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0"
+    );
+
+    let (code, out) = run_with(&["hash-secret"], "hunter2\n");
+    assert_eq!(code, Some(0));
+    let phc = out.trim();
+    assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
+    use argon2::PasswordVerifier;
+    let hash = argon2::PasswordHash::new(phc).unwrap();
+    assert!(argon2::Argon2::default()
+        .verify_password(b"hunter2", &hash)
+        .is_ok());
+    assert!(argon2::Argon2::default()
+        .verify_password(b"hunter2\n", &hash)
+        .is_err());
+
+    let (code, _) = run_with(&["hash-secret"], "");
+    assert_eq!(code, Some(1));
+}

@@ -1,0 +1,549 @@
+//! Auth mode `proxy` and hostile input (SPEC §4 401/403/413/429, §5): every principal
+//! reaches exactly its databases, every rejection has its documented answer with nothing
+//! forwarded, and no secret reaches the upstream, an error body or a log line.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use influx_write_proxy::auth::hash_password;
+use influx_write_proxy::config::sha256;
+use support::{client, expect_error, free_port, raw_exchange, Proxy, Reply, Upstream};
+
+const TELEGRAF_TOKEN: &str = "telegraf-token-canary-4f1e9a";
+const CI_TOKEN: &str = "ci-token-canary-77d2c0b1e5";
+const ALICE_PASSWORD: &str = "alice-password-canary-93ab";
+const JWT_SECRET: &str = "jwt-secret-canary-0123456789abcdef";
+const CLUSTER_PASSWORD: &str = "cluster-password-canary-5e6f";
+
+fn hex(digest: [u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A mode-proxy config: a token for `telegraf` (2 requests/s), a token for everything, a
+/// user for `app_*` and `metrics/short`, JWTs.
+fn config(node: &str, listen: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{listen}\"\n\
+         [auth]\nmode = \"proxy\"\n\
+         [[auth.tokens]]\nname = \"telegraf\"\ntoken = \"sha256:{}\"\ndatabases = [\"telegraf\"]\n\
+         rate_limit = {{ requests_per_second = 2, bytes_per_second = 1000 }}\n\
+         [[auth.tokens]]\nname = \"ci\"\ntoken = \"{CI_TOKEN}\"\ndatabases = [\"*\"]\n\
+         [[auth.users]]\nusername = \"alice\"\npassword = \"{}\"\ndatabases = [\"app_*\", \"metrics/short\"]\n\
+         [auth.jwt]\nshared_secret = \"{JWT_SECRET}\"\n\
+         [rate_limit]\nburst_seconds = 2\n\
+         [clusters.default]\nnodes = [\"{node}\"]\nusername = \"writer\"\npassword = \"{CLUSTER_PASSWORD}\"\n",
+        hex(sha256(TELEGRAF_TOKEN.as_bytes())),
+        hash_password(ALICE_PASSWORD)
+    )
+}
+
+async fn setup() -> (Upstream, Proxy) {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let proxy = Proxy::start(&config(&upstream.url(), "127.0.0.1:0")).await;
+    (upstream, proxy)
+}
+
+fn jwt(claims: &str, secret: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signing = format!(
+        "{}.{}",
+        b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(claims)
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signing.as_bytes());
+    format!("{signing}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn every_credential_form_reaches_its_databases_and_upstream_sees_only_cluster_credentials() {
+    let (upstream, proxy) = setup().await;
+    let future = "99999999999";
+    let alice_jwt = jwt(
+        &format!(r#"{{"username":"alice","exp":{future}}}"#),
+        JWT_SECRET,
+    );
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        (
+            "telegraf",
+            client()
+                .post(proxy.url("/write?db=telegraf"))
+                .bearer_auth(TELEGRAF_TOKEN),
+        ),
+        (
+            "telegraf",
+            client()
+                .post(proxy.url("/write?db=telegraf"))
+                .header("Authorization", format!("Token {TELEGRAF_TOKEN}")),
+        ),
+        (
+            "anything",
+            client()
+                .post(proxy.url("/api/v2/write?bucket=anything"))
+                .header("Authorization", format!("Token {CI_TOKEN}")),
+        ),
+        (
+            "app_web",
+            client().post(proxy.url(&format!("/write?db=app_web&u=alice&p={ALICE_PASSWORD}"))),
+        ),
+        (
+            "app_web",
+            client()
+                .post(proxy.url("/write?db=app_web"))
+                .basic_auth("alice", Some(ALICE_PASSWORD)),
+        ),
+        (
+            "app_web",
+            client()
+                .post(proxy.url("/write?db=app_web"))
+                .header("Authorization", format!("Token alice:{ALICE_PASSWORD}")),
+        ),
+        (
+            "metrics",
+            client()
+                .post(proxy.url("/write?db=metrics&rp=short"))
+                .basic_auth("alice", Some(ALICE_PASSWORD)),
+        ),
+        (
+            "app_jwt",
+            client()
+                .post(proxy.url("/write?db=app_jwt"))
+                .bearer_auth(&alice_jwt),
+        ),
+    ];
+    for (i, (db, request)) in cases.into_iter().enumerate() {
+        let response = request.body(format!("m v={i} {i}")).send().await.unwrap();
+        assert_eq!(response.status(), 204, "case {i} ({db})");
+    }
+    let received = upstream.received();
+    assert_eq!(received.len(), 8);
+    for got in &received {
+        assert_eq!(
+            got.headers["authorization"],
+            "Basic d3JpdGVyOmNsdXN0ZXItcGFzc3dvcmQtY2FuYXJ5LTVlNmY="
+        );
+        assert!(
+            !got.uri.contains("u=alice") && !got.uri.contains(ALICE_PASSWORD),
+            "{}",
+            got.uri
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_credential_failure_gets_the_same_401_and_nothing_is_forwarded() {
+    let (upstream, proxy) = setup().await;
+    let url = proxy.url("/write?db=telegraf");
+    let expired = jwt(r#"{"username":"alice","exp":1}"#, JWT_SECRET);
+    let forged = jwt(
+        r#"{"username":"alice","exp":99999999999}"#,
+        "another-secret-0123456789abcdef-xx",
+    );
+    let unknown_user_jwt = jwt(r#"{"username":"mallory","exp":99999999999}"#, JWT_SECRET);
+    let none_alg = {
+        use base64::Engine;
+        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none"}"#),
+            b64.encode(r#"{"username":"alice","exp":99999999999}"#)
+        )
+    };
+    let failures: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("missing", client().post(&url)),
+        (
+            "unknown token",
+            client().post(&url).bearer_auth("not-a-token-at-all-123"),
+        ),
+        (
+            "wrong password",
+            client().post(&url).basic_auth("alice", Some("wrong")),
+        ),
+        (
+            "unknown user",
+            client()
+                .post(&url)
+                .basic_auth("mallory", Some(ALICE_PASSWORD)),
+        ),
+        (
+            "u without p",
+            client().post(proxy.url("/write?db=telegraf&u=alice")),
+        ),
+        ("expired jwt", client().post(&url).bearer_auth(&expired)),
+        ("forged jwt", client().post(&url).bearer_auth(&forged)),
+        (
+            "jwt for unknown user",
+            client().post(&url).bearer_auth(&unknown_user_jwt),
+        ),
+        ("alg none", client().post(&url).bearer_auth(&none_alg)),
+        (
+            "malformed header",
+            client().post(&url).header("Authorization", "Basic %%%"),
+        ),
+    ];
+    let mut bodies = vec![];
+    for (kind, request) in failures {
+        let response = request.body("m v=1 1").send().await.unwrap();
+        assert_eq!(response.status(), 401, "{kind}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Basic realm=\"InfluxDB\"",
+            "{kind}"
+        );
+        assert!(
+            response.headers().get("x-influxdb-error").is_none(),
+            "{kind}"
+        );
+        bodies.push(response.text().await.unwrap());
+    }
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b == "{\"error\":\"authorization failed\"}\n"),
+        "{bodies:?}"
+    );
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn principals_get_403_outside_their_databases_before_the_body_is_read() {
+    let (upstream, proxy) = setup().await;
+    let cases = [
+        (
+            proxy.url("/write?db=other"),
+            "\"telegraf\" is not authorized to write to database \"other\"",
+        ),
+        (
+            proxy.url("/api/v2/write?bucket=secrets"),
+            "\"telegraf\" is not authorized to write to database \"secrets\"",
+        ),
+    ];
+    for (url, message) in cases {
+        let response = client()
+            .post(url)
+            .bearer_auth(TELEGRAF_TOKEN)
+            .body("m v=1 1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(expect_error(response, 403).await, message);
+    }
+    // db/rp patterns: alice may write metrics only with rp=short.
+    for url in [
+        proxy.url("/write?db=metrics"),
+        proxy.url("/write?db=metrics&rp=long"),
+    ] {
+        let response = client()
+            .post(url)
+            .basic_auth("alice", Some(ALICE_PASSWORD))
+            .body("m v=1 1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403);
+    }
+    // A 403 does not wait for a body that never comes.
+    let head = format!(
+        "POST /write?db=other HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TELEGRAF_TOKEN}\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let answer = raw_exchange(
+        proxy.addr,
+        &[(head.as_bytes(), Duration::ZERO)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(upstream.received().is_empty());
+
+    // CREATE DATABASE is answered only for databases the principal may write (after a pause:
+    // this token may send 2 requests a second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let create = |db: &str| {
+        client()
+            .post(proxy.url("/query"))
+            .bearer_auth(TELEGRAF_TOKEN)
+            .form(&[("q", format!("CREATE DATABASE {db}"))])
+            .send()
+    };
+    assert_eq!(create("telegraf").await.unwrap().status(), 200);
+    assert_eq!(create("other").await.unwrap().status(), 403);
+    let anonymous = client()
+        .get(proxy.url("/query?q=CREATE+DATABASE+telegraf"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn principal_over_its_rate_gets_429_and_others_do_not() {
+    let (upstream, proxy) = setup().await;
+    let send = |token: &'static str, body: String| {
+        client()
+            .post(proxy.url("/write?db=telegraf"))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+    };
+    // 2 requests a second with a 2-second burst: four pass at once, the fifth waits.
+    for _ in 0..4 {
+        assert_eq!(
+            send(TELEGRAF_TOKEN, "m v=1 1".into())
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
+    }
+    let limited = send(TELEGRAF_TOKEN, "m v=1 1".into()).await.unwrap();
+    assert_eq!(limited.headers()["retry-after"], "1");
+    let message = expect_error(limited, 429).await;
+    assert_eq!(
+        message,
+        "\"telegraf\" is over its rate limit of requests per second; retry in 1 s"
+    );
+    assert_eq!(
+        send(CI_TOKEN, "m v=1 1".into()).await.unwrap().status(),
+        204,
+        "others are not limited"
+    );
+    assert_eq!(upstream.received().len(), 5);
+
+    // Bytes: 1000/s with a 2 s burst; one write larger than the burst can never pass.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let big = format!("m v=1 1\n{}", "#".repeat(2500));
+    let response = send(TELEGRAF_TOKEN, big).await.unwrap();
+    assert!(expect_error(response, 413)
+        .await
+        .contains("larger than its burst of 2000 bytes"));
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_from_one_address_are_throttled() {
+    let (upstream, proxy) = setup().await;
+    let url = proxy.url("/write?db=app_web");
+    for _ in 0..10 {
+        let response = client()
+            .post(&url)
+            .basic_auth("alice", Some("guess"))
+            .body("m v=1 1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let started = Instant::now();
+    let response = client()
+        .post(&url)
+        .basic_auth("alice", Some("guess"))
+        .body("m v=1 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "6");
+    assert_eq!(
+        expect_error(response, 429).await,
+        "too many failed logins from this address; retry in 6 s"
+    );
+    // Even the right password waits now, and no hash is spent on a throttled address.
+    let response = client()
+        .post(&url)
+        .basic_auth("alice", Some(ALICE_PASSWORD))
+        .body("m v=1 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn conflicting_content_length_and_transfer_encoding_never_smuggle_a_request() {
+    let (upstream, proxy) = setup().await;
+    let smuggled = format!(
+        "POST /write?db=anything HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CI_TOKEN}\r\n\
+         Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\nPOST /write?db=smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nm v=1 1\r\n"
+    );
+    let answer = raw_exchange(
+        proxy.addr,
+        &[(smuggled.as_bytes(), Duration::ZERO)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(!answer.is_empty());
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|r| !r.uri.contains("smuggled")),
+        "{:?}",
+        upstream.received()
+    );
+    for got in upstream.received() {
+        assert!(
+            !String::from_utf8_lossy(&got.body).contains("POST"),
+            "a request inside a body was forwarded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let (upstream, proxy) = setup().await;
+    let many: String = (0..150).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let request =
+        format!("POST /write?db=a HTTP/1.1\r\nHost: x\r\n{many}Content-Length: 0\r\n\r\n");
+    let answer = raw_exchange(
+        proxy.addr,
+        &[(request.as_bytes(), Duration::ZERO)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.is_empty(),
+        "{answer}"
+    );
+    let huge = format!(
+        "POST /write?db=a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(400_000)
+    );
+    let answer = raw_exchange(
+        proxy.addr,
+        &[(huge.as_bytes(), Duration::ZERO)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.is_empty(),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(upstream.received().is_empty());
+}
+
+/// The real binary at trace level, JSON logs: no secret a client or the config holds shows
+/// up in any line, whatever happened to the request.
+#[tokio::test]
+async fn no_secret_reaches_a_log_line_even_at_trace_level() {
+    let upstream = Upstream::start(|r| {
+        if r.uri.contains("db=telegraf") {
+            Reply::ok()
+        } else {
+            Reply::status(500, "{\"error\":\"write failed\"}")
+        }
+    })
+    .await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config(&upstream.url(), &format!("127.0.0.1:{port}"))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_influx-write-proxy"))
+        .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while client().get(format!("{base}/ping")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice_jwt = jwt(r#"{"username":"alice","exp":99999999999}"#, JWT_SECRET);
+    let requests = vec![
+        client()
+            .post(format!("{base}/write?db=telegraf"))
+            .bearer_auth(TELEGRAF_TOKEN),
+        client()
+            .post(format!("{base}/write?db=other"))
+            .bearer_auth(TELEGRAF_TOKEN),
+        client().post(format!("{base}/write?db=app_x&u=alice&p={ALICE_PASSWORD}")),
+        client().post(format!("{base}/write?db=app_x&u=alice&p={ALICE_PASSWORD}x")),
+        client()
+            .post(format!("{base}/write?db=app_x"))
+            .bearer_auth(&alice_jwt),
+        client()
+            .post(format!("{base}/write?db=app_x"))
+            .header("Authorization", format!("Token alice:{ALICE_PASSWORD}")),
+        client()
+            .post(format!(
+                "{base}/write?db=app_x&precision=bad&p={ALICE_PASSWORD}"
+            ))
+            .bearer_auth(CI_TOKEN),
+        client()
+            .post(format!(
+                "{base}/query?q=CREATE+DATABASE+x&p={ALICE_PASSWORD}"
+            ))
+            .bearer_auth(CI_TOKEN),
+        client()
+            .post(format!("{base}/api/v2/write?bucket=telegraf"))
+            .header("Authorization", format!("Token {TELEGRAF_TOKEN}")),
+    ];
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for request in requests {
+        let response = request.body("m v=1 1").send().await.unwrap();
+        let body = response.text().await.unwrap();
+        for secret in [
+            TELEGRAF_TOKEN,
+            CI_TOKEN,
+            ALICE_PASSWORD,
+            JWT_SECRET,
+            CLUSTER_PASSWORD,
+        ] {
+            assert!(!body.contains(secret), "error body leaks a secret: {body}");
+        }
+    }
+    let response = h2
+        .post(format!("{base}/write?db=telegraf"))
+        .bearer_auth(TELEGRAF_TOKEN)
+        .body("m v=1 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // Read the log off the runtime, so the clients' connections can answer the drain.
+    let log = tokio::task::spawn_blocking(move || {
+        let mut log = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        child.wait().unwrap();
+        log
+    })
+    .await
+    .unwrap();
+    assert!(log.lines().count() > 20, "trace logging ran: {log}");
+    let digest = hex(sha256(TELEGRAF_TOKEN.as_bytes()));
+    let basic_cluster = "d3JpdGVyOmNsdXN0ZXItcGFzc3dvcmQtY2FuYXJ5LTVlNmY";
+    for secret in [
+        TELEGRAF_TOKEN,
+        CI_TOKEN,
+        ALICE_PASSWORD,
+        JWT_SECRET,
+        CLUSTER_PASSWORD,
+        &alice_jwt,
+        &digest,
+        basic_cluster,
+    ] {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret)).take(3).collect();
+        assert!(leaks.is_empty(), "secret {secret:?} in the log: {leaks:#?}");
+    }
+}
