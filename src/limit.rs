@@ -23,8 +23,13 @@ pub struct Limits<C: Clock = DefaultClock> {
     requests: Option<Direct<C>>,
     bytes: Option<Direct<C>>,
     burst_bytes: u64,
+    /// Bytes one cell of the bytes limiter stands for.
+    byte_unit: u64,
     clock: C,
 }
+
+/// Cells a limiter refills per second at most (one every 10 ns).
+const MAX_CELLS_PER_SECOND: u64 = 100_000_000;
 
 impl Limits<DefaultClock> {
     pub fn new(rate: RateConfig) -> Self {
@@ -42,11 +47,15 @@ impl<C: Clock + Clone> Limits<C> {
         };
         let limiter =
             |q: Option<Quota>| q.map(|q| RateLimiter::direct_with_clock(q, clock.clone()));
-        let bytes_quota = quota(rate.bytes_per_second);
+        // governor refills one cell at a time, at least a nanosecond apart: above 10^8
+        // bytes a second, one cell stands for several bytes.
+        let byte_unit = rate.bytes_per_second.div_ceil(MAX_CELLS_PER_SECOND).max(1);
+        let bytes_quota = quota(rate.bytes_per_second / byte_unit);
         Self {
             requests: limiter(quota(u64::from(rate.requests_per_second))),
-            burst_bytes: bytes_quota.map_or(0, |q| u64::from(q.burst_size().get())),
+            burst_bytes: bytes_quota.map_or(0, |q| u64::from(q.burst_size().get()) * byte_unit),
             bytes: limiter(bytes_quota),
+            byte_unit,
             clock,
         }
     }
@@ -70,7 +79,8 @@ impl<C: Clock + Clone> Limits<C> {
         let Some(limiter) = &self.bytes else {
             return Ok(());
         };
-        let Some(cells) = NonZeroU32::new(n.min(u64::from(u32::MAX)) as u32) else {
+        let cells = n.div_ceil(self.byte_unit).min(u64::from(u32::MAX)) as u32;
+        let Some(cells) = NonZeroU32::new(cells) else {
             return Ok(());
         };
         match limiter.check_n(cells) {
@@ -223,6 +233,20 @@ mod tests {
             err.to_string(),
             "\"t\" sent a 5000-byte write, larger than its burst of 2000 bytes: raise its bytes_per_second or burst_seconds"
         );
+    }
+
+    #[test]
+    fn byte_rates_above_a_cell_per_nanosecond_still_work() {
+        let clock = FakeRelativeClock::default();
+        let limits = Limits::with_clock(rate(0, 100_000_000_000), clock.clone());
+        for _ in 0..100 {
+            limits.check_bytes("t", 800_000).unwrap();
+        }
+        let limits = Limits::with_clock(rate(0, 300_000_000), clock.clone());
+        limits.check_bytes("t", 600_000_000).unwrap();
+        assert!(limits.check_bytes("t", 3_000).is_err());
+        clock.advance(Duration::from_millis(10));
+        limits.check_bytes("t", 3_000_000).unwrap();
     }
 
     #[test]
