@@ -502,54 +502,19 @@ async fn admin_endpoints_live_on_the_admin_listener_when_it_is_set() {
         "[server]\nadmin_listen = \"127.0.0.1:1\"\n",
     )
     .await;
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(status(client().get(proxy.admin_url("/live"))).await, 200);
+    assert_eq!(status(client().get(proxy.admin_url("/ready"))).await, 200);
+    assert_eq!(status(client().get(proxy.url("/ready"))).await, 404);
     assert_eq!(
-        client()
-            .get(proxy.admin_url("/live"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client()
-            .get(proxy.admin_url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client()
-            .get(proxy.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        client()
-            .post(proxy.admin_url("/write?db=a"))
-            .body("m v=1")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(client().post(proxy.admin_url("/write?db=a")).body("m v=1")).await,
         404
     );
 
     let shared = Proxy::with_nodes(&[upstream.url()], "").await;
-    assert_eq!(
-        client()
-            .get(shared.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(client().get(shared.url("/ready"))).await, 200);
 }
 
 #[tokio::test]

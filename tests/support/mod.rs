@@ -372,29 +372,7 @@ impl Influxd {
 
     /// Runs an InfluxQL statement as the admin and returns the JSON answer.
     pub fn blocking_query(&self, q: &str, db: Option<&str>, auth: bool) -> serde_json::Value {
-        let mut args = vec![
-            "-sS".to_string(),
-            "-XPOST".into(),
-            format!("{}/query?epoch=ns", self.url),
-        ];
-        if auth {
-            args.push("-u".into());
-            args.push(format!("{}:{}", self.user, self.password));
-        }
-        if let Some(db) = db {
-            args.extend(["--data-urlencode".into(), format!("db={db}")]);
-        }
-        args.extend(["--data-urlencode".into(), format!("q={q}")]);
-        let output = Command::new("curl")
-            .args(&args)
-            .output()
-            .expect("curl is installed");
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-            panic!(
-                "influxd answered {:?}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
+        influxql(&self.url, auth.then_some((self.user, self.password)), db, q)
     }
 
     /// A new, empty database named after the test.
@@ -560,21 +538,34 @@ impl OwnInfluxd {
     }
 
     pub fn query(&self, db: Option<&str>, q: &str) -> serde_json::Value {
-        let mut args = vec![
-            "-sS".to_string(),
-            "-XPOST".into(),
-            format!("{}/query?epoch=ns", self.url()),
-        ];
-        if let Some(db) = db {
-            args.extend(["--data-urlencode".into(), format!("db={db}")]);
-        }
-        args.extend(["--data-urlencode".into(), format!("q={q}")]);
-        let output = Command::new("curl")
-            .args(&args)
-            .output()
-            .expect("curl is installed");
-        serde_json::from_slice(&output.stdout).expect("influxd answers JSON")
+        influxql(&self.url(), None, db, q)
     }
+}
+
+/// Runs an InfluxQL statement with curl (usable outside a runtime) and returns the JSON.
+fn influxql(url: &str, user: Option<(&str, &str)>, db: Option<&str>, q: &str) -> serde_json::Value {
+    let mut args = vec![
+        "-sS".to_string(),
+        "-XPOST".into(),
+        format!("{url}/query?epoch=ns"),
+    ];
+    if let Some((user, password)) = user {
+        args.extend(["-u".into(), format!("{user}:{password}")]);
+    }
+    if let Some(db) = db {
+        args.extend(["--data-urlencode".into(), format!("db={db}")]);
+    }
+    args.extend(["--data-urlencode".into(), format!("q={q}")]);
+    let output = Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl is installed");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "influxd answered {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 impl Drop for OwnInfluxd {
