@@ -2,6 +2,7 @@
 //! cluster with a short timeout. Node state changes are logged. The task holds only a weak
 //! reference, so it ends when its cluster is dropped (on shutdown or, later, reload).
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,12 +16,16 @@ use crate::body::Chunks;
 const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn spawn(cluster: &Arc<Cluster>) {
-    let weak = Arc::downgrade(cluster);
     let interval = cluster.health_check_interval;
-    tokio::spawn(run(weak, interval));
+    tokio::spawn(run(Arc::downgrade(cluster), interval, ping));
 }
 
-async fn run(cluster: Weak<Cluster>, interval: Duration) {
+/// Probes every node each `interval` with `probe(cluster, node index, timeout)`.
+async fn run<P, F>(cluster: Weak<Cluster>, interval: Duration, probe: P)
+where
+    P: Fn(Arc<Cluster>, usize, Duration) -> F,
+    F: Future<Output = Result<(), String>>,
+{
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -31,40 +36,99 @@ async fn run(cluster: Weak<Cluster>, interval: Duration) {
         };
         let nodes = cluster.nodes.load_full();
         let timeout = interval.min(cluster.timeout).min(MAX_CHECK_TIMEOUT);
-        let checks = nodes.iter().map(|node| check(&cluster, node, timeout));
-        futures_util::future::join_all(checks).await;
+        let probes = (0..nodes.len()).map(|i| probe(cluster.clone(), i, timeout));
+        let results = futures_util::future::join_all(probes).await;
+        for (node, result) in nodes.iter().zip(results) {
+            record(&cluster, node, result);
+        }
     }
 }
 
-async fn check(cluster: &Cluster, node: &Node, timeout: Duration) {
+/// `GET /ping`: any 2xx within `timeout` passes.
+async fn ping(cluster: Arc<Cluster>, index: usize, timeout: Duration) -> Result<(), String> {
+    let nodes = cluster.nodes.load();
     let request = Request::builder()
         .method(Method::GET)
-        .uri(format!("{}ping", node.base_url))
+        .uri(format!("{}ping", nodes[index].base_url))
         .header(
             "user-agent",
             concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),
         )
         .body(Chunks::default())
         .expect("ping request is valid");
-    let answer = tokio::time::timeout(timeout, cluster.client.request(request)).await;
-    let passed = matches!(&answer, Ok(Ok(response)) if response.status().is_success());
-    let transition = if passed {
-        node.check_passed()
-    } else {
-        node.check_failed()
+    match tokio::time::timeout(timeout, cluster.client.request(request)).await {
+        Err(_) => Err("timed out".to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(format!("status {}", response.status())),
+    }
+}
+
+fn record(cluster: &Cluster, node: &Node, result: Result<(), String>) {
+    let transition = match &result {
+        Ok(()) => node.check_passed(),
+        Err(_) => node.check_failed(),
     };
-    match transition {
-        Some(Transition::BecameUnhealthy) => {
-            let why = match answer {
-                Err(_) => "timed out".to_string(),
-                Ok(Err(e)) => format!("{e}"),
-                Ok(Ok(response)) => format!("status {}", response.status()),
-            };
+    match (transition, result) {
+        (Some(Transition::BecameUnhealthy), Err(why)) => {
             tracing::warn!(cluster = %cluster.name, node = %node.name, why, "node unhealthy: 3 failed health checks");
         }
-        Some(Transition::BecameHealthy) => {
+        (Some(Transition::BecameHealthy), _) => {
             tracing::info!(cluster = %cluster.name, node = %node.name, "node healthy again");
         }
-        None => {}
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn health_follows_the_check_interval_three_to_fail_two_to_recover() {
+        let config = crate::Config::parse(
+            "[clusters.default]\nnodes = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\n\
+             health_check_interval = \"5s\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let cluster = Arc::new(Cluster::new(&config.clusters[0], super::super::client()));
+        let first_fails = Arc::new(AtomicBool::new(true));
+        let flag = first_fails.clone();
+        let probe = move |_: Arc<Cluster>, index: usize, _: Duration| {
+            let fail = index == 0 && flag.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("down".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        tokio::spawn(run(Arc::downgrade(&cluster), Duration::from_secs(5), probe));
+        let nodes = cluster.nodes.load_full();
+        let at = |secs: u64| {
+            tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(secs))
+        };
+
+        at(14).await; // checks at 5 s and 10 s failed
+        assert!(nodes[0].is_healthy(), "two failed checks are not enough");
+        at(2).await; // the third, at 15 s
+        assert!(!nodes[0].is_healthy());
+        assert!(nodes[1].is_healthy());
+        assert!(
+            cluster.is_healthy(),
+            "one healthy node keeps the cluster healthy"
+        );
+
+        first_fails.store(false, Ordering::SeqCst);
+        at(5).await; // one good check at 20 s
+        assert!(!nodes[0].is_healthy());
+        at(5).await; // the second, at 25 s
+        assert!(nodes[0].is_healthy());
+
+        drop(cluster);
+        at(10).await; // the task ends with its cluster; nothing to assert but no panic
     }
 }

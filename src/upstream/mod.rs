@@ -45,16 +45,7 @@ impl Upstreams {
     /// Builds the clusters and starts their health checks (which end when the clusters are
     /// dropped). Must be called within a Tokio runtime.
     pub fn new(config: &Config) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let client = client();
         let clusters = config
             .clusters
             .iter()
@@ -75,6 +66,20 @@ impl Upstreams {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values()
     }
+}
+
+/// The pooled keep-alive client every cluster shares.
+fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
 }
 
 /// One cluster: its nodes, credentials, retry policy and retry budget.
