@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub realm: String,
+    /// Threads serving requests; `None`: one per CPU the process may use.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +305,7 @@ struct RawServer {
     request_timeout: Option<String>,
     shutdown_grace: Option<String>,
     realm: Option<String>,
+    worker_threads: Option<usize>,
     tls: Option<toml::Value>,
 }
 
@@ -526,7 +529,14 @@ impl RawConfig {
                 Duration::from_secs(25),
             ),
             realm: s.realm.clone().unwrap_or_else(|| "InfluxDB".to_string()),
+            worker_threads: s.worker_threads.filter(|&n| n > 0),
         };
+        if s.worker_threads.is_some_and(|n| n > 1024) {
+            c.error(
+                "server.worker_threads",
+                "at most 1024 (0 or unset: one per CPU)",
+            );
+        }
         if server.admin_listen == Some(server.listen) {
             c.error(
                 "server.admin_listen",
@@ -879,6 +889,9 @@ mod tests {
         assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
         assert_eq!(config.auth.mode, AuthMode::None);
         assert_eq!(config.clusters[0].timeout, Duration::from_secs(10));
+        assert_eq!(config.server.worker_threads, None);
+        let one = parse(&format!("[server]\nworker_threads = 1\n{MINIMAL}")).unwrap();
+        assert_eq!(one.server.worker_threads, Some(1));
     }
 
     #[test]
