@@ -34,16 +34,9 @@ TOML
 
 "$RIG/services.sh" start sink
 "$RIG/services.sh" start nginx
-# The same proxy with one worker thread: on this 2-core box wrk and the sink take more
-# than a core, and one worker avoids cross-thread wake-ups (see README "Benchmark").
-sed -e 's/18096/18097/' -e 's/^\[server\]$/[server]\nworker_threads = 1/' "$RIG_TMP/proxy.toml" >"$RIG_TMP/proxy-1thread.toml"
 "$REPO/target/release/influx-write-proxy" --config "$RIG_TMP/proxy.toml" >"$RIG_TMP/proxy.log" 2>&1 &
 echo $! >"$RIG_TMP/proxy.pid"
-"$REPO/target/release/influx-write-proxy" --config "$RIG_TMP/proxy-1thread.toml" >"$RIG_TMP/proxy-1thread.log" 2>&1 &
-echo $! >"$RIG_TMP/proxy-1thread.pid"
-trap 'kill "$(cat "$RIG_TMP/proxy.pid")" "$(cat "$RIG_TMP/proxy-1thread.pid")" 2>/dev/null || true; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
-for port in 18096 18097; do
-    for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:$port/ping" && break; sleep 0.1; done
-done
+trap 'kill "$(cat "$RIG_TMP/proxy.pid")" 2>/dev/null || true; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
+for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18096/ping && break; sleep 0.1; done
 
 ROUNDS="${ROUNDS:-3}" "$RIG/matrix.sh" "${TARGETS:-$HERE/targets.txt}"

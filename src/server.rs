@@ -136,8 +136,9 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_headers(100)
         .keep_alive(true)
         // Smaller reads keep each body frame in cache while it is scanned, and bound the
-        // memory a connection holds (measured: 256 KiB beats the 400 KiB default on RSS).
-        .max_buf_size(256 * 1024);
+        // memory a connection holds: measured at 64 connections of 785 kB bodies, peak RSS
+        // ~80 MB with 128 KiB against ~95 MB with 256 KiB, throughput within noise.
+        .max_buf_size(128 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
