@@ -262,6 +262,7 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         request_id = ?request_id,
         db = %params.db,
         rp = params.rp.as_deref().unwrap_or(""),
+        principal = principal.as_ref().map_or("", |p| p.name.as_str()),
         cluster = %primary.name,
         node = result.as_ref().map_or("", |a| a.node.as_str()),
         tries = result.as_ref().map_or(0, |a| a.tries),
