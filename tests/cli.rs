@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,7 +81,7 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -124,21 +123,9 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
         "the in-flight write finishes"
     );
 
-    let status = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut log = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        (status, log)
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.0.code(), Some(0), "{}", status.1);
-    assert!(status.1.contains("drained"), "{}", status.1);
+    let (status, log) = support::exit_and_log(child).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("drained"), "{log}");
     // New connections are refused once draining started.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert_eq!(upstream.received().len(), 1);

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -444,7 +443,7 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, config(&upstream.url(), &format!("127.0.0.1:{port}"))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_influx-write-proxy"))
+    let child = Command::new(env!("CARGO_BIN_EXE_influx-write-proxy"))
         .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
@@ -517,19 +516,7 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
         .status()
         .unwrap();
     // Read the log off the runtime, so the clients' connections can answer the drain.
-    let log = tokio::task::spawn_blocking(move || {
-        let mut log = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        child.wait().unwrap();
-        log
-    })
-    .await
-    .unwrap();
+    let (_, log) = support::exit_and_log(child).await;
     assert!(log.lines().count() > 20, "trace logging ran: {log}");
     let digest = hex(sha256(TELEGRAF_TOKEN.as_bytes()));
     let basic_cluster = "d3JpdGVyOmNsdXN0ZXItcGFzc3dvcmQtY2FuYXJ5LTVlNmY";

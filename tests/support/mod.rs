@@ -443,6 +443,20 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Waits for a child started with piped stderr and returns its exit status and log. It runs
+/// off the runtime, so the test's own client connections can still answer a drain; the log is
+/// read first, so a chatty child cannot block on a full pipe.
+pub async fn exit_and_log(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr is piped"), &mut log)
+            .unwrap();
+        (child.wait().unwrap(), log)
+    })
+    .await
+    .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
