@@ -304,13 +304,16 @@ fn count_separators(bytes: &[u8], equals: &mut usize, commas: &mut usize) {
     }
 }
 
-/// Whether all eight bytes of `word` are ASCII digits: each byte's high nibble is 3, and
-/// adding 6 does not carry it past 9.
-fn all_digits(word: u64) -> bool {
-    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
-    const THREES: u64 = 0x3030_3030_3030_3030;
-    const SIXES: u64 = 0x0606_0606_0606_0606;
-    word & HIGH == THREES && (word + SIXES) & HIGH == THREES
+/// The top bit of each byte of `word` that is not an ASCII digit. After `^ b'0'` a digit is
+/// 0..=9; a byte is not one when it is 128 or more or its low seven bits are 10 or more
+/// (adding 118 to them sets the top bit without carrying into the next byte).
+fn non_digits(word: u64) -> u64 {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const PAST_NINE: u64 = 0x7676_7676_7676_7676;
+    const TOP: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ ZEROS;
+    (((x & LOW7) + PAST_NINE) | x) & TOP
 }
 
 /// Whether `buf[i]` is preceded by an odd number of backslashes.
@@ -324,16 +327,22 @@ fn escaped(buf: &[u8], i: usize) -> bool {
 /// only lines judged otherwise are ones InfluxDB rejects whatever the proxy does to them.
 fn has_timestamp(line: &[u8]) -> bool {
     let mut i = line.len();
-    // Nanosecond timestamps are 19 digits: test them eight at a time.
+    // Nanosecond timestamps are 19 digits: eight bytes at a time, the last non-digit of a
+    // word found from its mask, so no byte loop runs on lines of eight bytes or more.
     while i >= 8 {
         let word = u64::from_le_bytes(line[i - 8..i].try_into().expect("eight bytes"));
-        if !all_digits(word) {
+        let mask = non_digits(word);
+        if mask != 0 {
+            // Little-endian: the highest set bit is the non-digit nearest the line's end.
+            i = i - 8 + (7 - mask.leading_zeros() as usize / 8) + 1;
             break;
         }
         i -= 8;
     }
-    while i > 0 && line[i - 1].is_ascii_digit() {
-        i -= 1;
+    if i < 8 {
+        while i > 0 && line[i - 1].is_ascii_digit() {
+            i -= 1;
+        }
     }
     if i == line.len() {
         return false;
@@ -541,17 +550,74 @@ mod tests {
     }
 
     #[test]
-    fn eight_byte_digit_test_matches_bytewise_test() {
-        for probe in [
-            *b"01234567",
-            *b"9999999/",
-            *b"99999:99",
-            *b"\x001234567",
-            *b"-1234567",
-            *b"89898989",
-        ] {
-            let expected = probe.iter().all(u8::is_ascii_digit);
-            assert_eq!(all_digits(u64::from_le_bytes(probe)), expected, "{probe:?}");
+    fn timestamp_check_matches_a_bytewise_reading() {
+        fn reference(line: &[u8]) -> bool {
+            let mut i = line.len();
+            while i > 0 && line[i - 1].is_ascii_digit() {
+                i -= 1;
+            }
+            if i == line.len() {
+                return false;
+            }
+            if i > 0 && line[i - 1] == b'-' {
+                i -= 1;
+            }
+            i > 1
+                && line[i - 1] == b' '
+                && !escaped(line, i - 1)
+                && line[..i - 1].iter().any(|&b| !is_whitespace(b))
+        }
+        let alphabet = b"0123456789 -\\x=";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 58) as usize;
+            let line: Vec<u8> = (0..len)
+                .map(|k| {
+                    let r = seed.rotate_left(k as u32 * 5) as usize;
+                    // Digit runs are common, so the eight-byte path is exercised.
+                    if r % 4 != 0 {
+                        b'0' + (r % 10) as u8
+                    } else {
+                        alphabet[r / 4 % alphabet.len()]
+                    }
+                })
+                .collect();
+            assert_eq!(
+                has_timestamp(&line),
+                reference(&line),
+                "{:?}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+    }
+
+    #[test]
+    fn eight_byte_digit_mask_matches_bytewise_test() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Mostly digits, with every byte value showing up.
+            let probe: [u8; 8] = std::array::from_fn(|k| {
+                let r = (seed >> (k * 8)) as u8;
+                if r % 3 == 0 {
+                    r
+                } else {
+                    b'0' + r % 10
+                }
+            });
+            let mask = non_digits(u64::from_le_bytes(probe));
+            for (k, b) in probe.iter().enumerate() {
+                assert_eq!(
+                    mask >> (8 * k + 7) & 1 == 1,
+                    !b.is_ascii_digit(),
+                    "{probe:?}"
+                );
+            }
         }
     }
 
