@@ -89,15 +89,8 @@ pub enum Presented {
 /// like one (three dot-separated parts), else a token; `Token` carries `user:password` or a
 /// token; `Basic` carries `user:password`.
 pub fn presented(query: Option<&str>, headers: &HeaderMap, jwt: bool) -> Presented {
-    if let Ok(q) = Query::parse(query) {
-        if let (Some(u), Some(p)) = (q.get("u"), q.get("p")) {
-            if !u.is_empty() && !p.is_empty() {
-                return Presented::UserPassword {
-                    user: u.into_owned(),
-                    password: Secret::new(p.into_owned()),
-                };
-            }
-        }
+    if let Some((user, password)) = Query::parse(query).ok().and_then(|q| q.user()) {
+        return Presented::UserPassword { user, password };
     }
     let Some(header) = headers.get(AUTHORIZATION) else {
         return Presented::None;

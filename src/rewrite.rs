@@ -150,7 +150,8 @@ impl<'a> Query<'a> {
             .and_then(|(_, value)| decode(value))
     }
 
-    fn user(&self) -> Option<(String, Secret)> {
+    /// `u` and `p`, when both are non-empty (InfluxDB's rule for query credentials).
+    pub fn user(&self) -> Option<(String, Secret)> {
         let u = self.get("u").filter(|u| !u.is_empty())?;
         let p = self.get("p").filter(|p| !p.is_empty())?;
         Some((u.into(), Secret::new(p.into())))
