@@ -167,12 +167,8 @@ impl ProxyError {
                 "error": message,
             }),
         };
-        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-        bytes.push(b'\n');
-        let mut response = Response::new(Full::new(Bytes::from(bytes)));
-        *response.status_mut() = status;
+        let mut response = json_response(status, &body);
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if status == StatusCode::UNAUTHORIZED {
             let challenge = format!("Basic realm=\"{}\"", realm.replace('"', ""));
             if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -205,6 +201,18 @@ impl ProxyError {
         }
         response
     }
+}
+
+/// A JSON body followed by a newline, as InfluxDB answers, with its content type.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// The answer when a handler panicked (tower-http's `CatchPanic` calls this). The panic

@@ -20,7 +20,7 @@ use tower::Service;
 use crate::auth::{Authenticator, Principal};
 use crate::body::{self, Chunks, Inflight};
 use crate::config::{AuthMode, Config};
-use crate::error::{Api, ProxyError};
+use crate::error::{json_response, Api, ProxyError};
 use crate::lineproto::{self, TimestampCheck};
 use crate::request_id::{RequestIdValue, OWN_VERSION};
 use crate::rewrite::{Query, WriteParams};
@@ -446,14 +446,7 @@ fn create_database_target(q: &str) -> Option<String> {
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Resp {
-    let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    json_response(status, &value)
 }
 
 #[cfg(test)]
