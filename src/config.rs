@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
@@ -18,6 +18,27 @@ pub struct Config {
     /// Every cluster, `default` among them.
     pub clusters: Vec<ClusterConfig>,
     pub routes: Vec<Route>,
+    /// `None` unless `[spool] enabled = true`.
+    pub spool: Option<SpoolConfig>,
+}
+
+/// The durable queue for writes a cluster could not take (`[spool]`).
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Relative paths are relative to the working directory.
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub ack: SpoolAck,
+}
+
+/// Which spooled writes are answered 204.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolAck {
+    /// Only writes that asked for `consistency=any`; others get 503 and are not spooled.
+    ConsistencyAny,
+    /// Every write the spool takes.
+    Always,
 }
 
 #[derive(Debug, Clone)]
@@ -289,7 +310,18 @@ struct RawConfig {
     clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
     routes: Vec<RawRoute>,
-    spool: Option<toml::Value>,
+    spool: Option<RawSpool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    #[serde(default)]
+    enabled: bool,
+    dir: Option<String>,
+    max_bytes: Option<RawSize>,
+    max_age: Option<String>,
+    ack: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -564,7 +596,11 @@ impl RawConfig {
             }
         };
         let auth = validate_auth(mode, &self.auth, &self.rate_limit, &mut c);
-        c.unsupported("spool", self.spool.is_some());
+        let spool = self
+            .spool
+            .as_ref()
+            .filter(|s| s.enabled)
+            .map(|s| validate_spool(s, mode, &mut c));
 
         if !self.clusters.contains_key("default") {
             c.error(
@@ -668,7 +704,45 @@ impl RawConfig {
             auth,
             clusters,
             routes,
+            spool,
         })
+    }
+}
+
+fn validate_spool(raw: &RawSpool, mode: AuthMode, c: &mut Checker) -> SpoolConfig {
+    let dir = PathBuf::from(raw.dir.as_deref().unwrap_or("spool"));
+    if dir.as_os_str().is_empty() {
+        c.error("spool.dir", "must not be empty");
+    }
+    let ack = match raw.ack.as_deref() {
+        None | Some("consistency-any") => SpoolAck::ConsistencyAny,
+        Some("always") => SpoolAck::Always,
+        Some(other) => {
+            c.error(
+                "spool.ack",
+                format!("unknown value {other:?} (use \"consistency-any\" or \"always\")"),
+            );
+            SpoolAck::ConsistencyAny
+        }
+    };
+    if mode == AuthMode::Passthrough {
+        // Replaying needs credentials: the client's would have to be stored on disk, and
+        // the cluster's would let an unauthenticated client write during an outage.
+        c.error(
+            "spool.enabled",
+            "cannot be used with auth.mode = \"passthrough\" (the proxy would have to store \
+             client credentials on disk to replay); use mode \"proxy\" or \"none\"",
+        );
+    }
+    SpoolConfig {
+        dir,
+        max_bytes: c.size("spool.max_bytes", raw.max_bytes.as_ref(), 1 << 30),
+        max_age: c.duration(
+            "spool.max_age",
+            raw.max_age.as_deref(),
+            Duration::from_secs(168 * 3600),
+        ),
+        ack,
     }
 }
 
@@ -930,18 +1004,52 @@ mod tests {
     }
 
     #[test]
-    fn sections_not_built_yet_are_rejected_not_ignored() {
+    fn spool_is_off_unless_enabled_and_reads_its_bounds() {
+        assert!(parse(MINIMAL).unwrap().spool.is_none());
+        assert!(parse(&format!("[spool]\ndir = \"x\"\n{MINIMAL}"))
+            .unwrap()
+            .spool
+            .is_none());
+        let on = parse(&format!(
+            "[spool]\nenabled = true\nmax_bytes = \"2MiB\"\nmax_age = \"1h\"\nack = \"always\"\n{MINIMAL}"
+        ))
+        .unwrap()
+        .spool
+        .unwrap();
+        assert_eq!(on.dir, PathBuf::from("spool"));
+        assert_eq!(on.max_bytes, 2 << 20);
+        assert_eq!(on.max_age, Duration::from_secs(3600));
+        assert_eq!(on.ack, SpoolAck::Always);
+        let defaults = parse(&format!("[spool]\nenabled = true\n{MINIMAL}"))
+            .unwrap()
+            .spool
+            .unwrap();
+        assert_eq!(defaults.max_bytes, 1 << 30);
+        assert_eq!(defaults.max_age, Duration::from_secs(168 * 3600));
+        assert_eq!(defaults.ack, SpoolAck::ConsistencyAny);
+    }
+
+    #[test]
+    fn spool_errors_name_their_keys_and_passthrough_is_refused() {
         let errors = parse(&format!(
-            "[spool]\nenabled = true\n{MINIMAL}tls_ca_file = \"ca.pem\"\n"
+            "[auth]\nmode = \"passthrough\"\n[spool]\nenabled = true\nack = \"sometimes\"\nmax_age = \"soon\"\n{MINIMAL}"
         ))
         .unwrap_err()
         .0;
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("spool.ack: unknown value \"sometimes\""));
+        assert!(errors[1].starts_with("spool.enabled: cannot be used with auth.mode"));
+        assert!(errors[2].starts_with("spool.max_age: invalid duration"));
+    }
+
+    #[test]
+    fn sections_not_built_yet_are_rejected_not_ignored() {
+        let errors = parse(&format!("{MINIMAL}tls_ca_file = \"ca.pem\"\n"))
+            .unwrap_err()
+            .0;
         assert_eq!(
             errors,
-            vec![
-                "not supported yet: spool",
-                "not supported yet: clusters.default.tls_ca_file",
-            ]
+            vec!["not supported yet: clusters.default.tls_ca_file"]
         );
     }
 

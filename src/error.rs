@@ -94,6 +94,9 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("too many bytes in flight, retry later")]
     Overloaded,
+    /// The cluster could not take the write and the spool could not either.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     /// A bug: a handler panicked. The client gets a 500, the connection stays usable.
     #[error("internal error")]
     Panic,
@@ -124,7 +127,7 @@ impl ProxyError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             QueryNotSupported => StatusCode::NOT_IMPLEMENTED,
             Upstream { status, .. } => *status,
-            UpstreamUnavailable { .. } | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamUnavailable { .. } | Overloaded | Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
             Panic => StatusCode::INTERNAL_SERVER_ERROR,
             UpstreamTimeout { .. } | RequestTimeout => StatusCode::GATEWAY_TIMEOUT,

@@ -20,11 +20,13 @@ use tower::Service;
 use crate::auth::{Authenticator, Principal};
 use crate::body::{self, Chunks, Inflight};
 use crate::config::{AuthMode, Config};
-use crate::error::{json_response, Api, ProxyError};
+use crate::error::{json_response, Api, BoxError, ProxyError};
 use crate::lineproto::{self, TimestampCheck};
+use crate::metrics::Metrics;
 use crate::request_id::{RequestIdValue, OWN_VERSION};
 use crate::rewrite::{Query, WriteParams};
-use crate::upstream::{self, Credentials, Forward, Upstreams};
+use crate::spool::{self, Spool};
+use crate::upstream::{self, Accepted, Credentials, Forward, Upstreams};
 use tokio_util::task::TaskTracker;
 
 /// State shared by every request, built once.
@@ -39,19 +41,37 @@ pub struct Shared {
     /// Mirror deliveries, which outlive the request that started them; the drain waits for
     /// them.
     pub background: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// `[spool] enabled` only.
+    pub spool: Option<Spool>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Self> {
-        Arc::new(Self {
-            upstreams: Upstreams::new(&config),
+    /// Builds the shared state; opens (and recovers) the spool and starts its replay. Must be
+    /// called within a Tokio runtime.
+    pub fn new(config: Config) -> Result<Arc<Self>, BoxError> {
+        let metrics = Arc::new(Metrics::new());
+        let upstreams = Upstreams::new(&config);
+        let spool = match &config.spool {
+            Some(spool_config) => {
+                let names = config.clusters.iter().map(|c| c.name.clone());
+                let spool = Spool::open(spool_config, names, &metrics)?;
+                spool.start_replay(&upstreams);
+                Some(spool)
+            }
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            upstreams,
             auth: (config.auth.mode == AuthMode::Proxy)
                 .then(|| Arc::new(Authenticator::new(&config.auth))),
             inflight: Inflight::new(config.server.max_inflight_bytes),
             draining: AtomicBool::new(false),
             background: TaskTracker::new(),
+            metrics,
+            spool,
             config,
-        })
+        }))
     }
 }
 
@@ -109,7 +129,7 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
     let path = request.uri().path();
     let known = match path {
         "/write" | "/api/v2/write" | "/ping" | "/health" | "/query" => main,
-        "/live" | "/ready" => admin,
+        "/live" | "/ready" | "/metrics" => admin,
         _ => false,
     };
     let result = match (path, &method) {
@@ -120,6 +140,7 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
         ("/health", _) if get => Ok(health(&shared)),
         ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
         ("/ready", _) if get => Ok(ready(&shared)),
+        ("/metrics", _) if get => Ok(metrics(&shared)),
         _ => Err(ProxyError::MethodNotAllowed),
     };
     result.unwrap_or_else(|e| e.into_response(api, &shared.config.server.realm))
@@ -127,7 +148,11 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
 
 // === writes ===
 
-async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<Resp, ProxyError> {
+async fn write(
+    shared: &Arc<Shared>,
+    api: Api,
+    request: Request<Incoming>,
+) -> Result<Resp, ProxyError> {
     let started = Instant::now();
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -243,21 +268,28 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
     // never delay it.
     for mirror in mirrors.iter().map(|name| cluster(name)) {
         let (forward, timeout) = (forward.clone(), server.request_timeout);
-        shared.background.spawn(async move {
-            let result = tokio::time::timeout(timeout, mirror.write(forward))
+        let shared = shared.clone();
+        shared.clone().background.spawn(async move {
+            let result = tokio::time::timeout(timeout, mirror.write(forward.clone()))
                 .await
                 .unwrap_or(Err(ProxyError::RequestTimeout));
             if let Err(error) = result {
                 mirror.mirror_failed(&error);
+                // A mirror's copy is spooled whatever the client asked for: the client was
+                // answered by the primary.
+                if let Some(spool) = shared.spool.as_ref().filter(|_| spool::may_spool(&error)) {
+                    match spool.append(&mirror.name, &forward).await {
+                        Ok(()) => tracing::info!(cluster = %mirror.name, "mirror write spooled"),
+                        Err(e) => tracing::error!(error = %e, "mirror write lost: it could not be spooled"),
+                    }
+                }
             }
         });
     }
     let primary = cluster(primary);
     let params = forward.params.clone();
     let request_id = forward.request_id.clone();
-    let result = tokio::time::timeout(server.request_timeout, primary.write(forward))
-        .await
-        .unwrap_or(Err(ProxyError::RequestTimeout));
+    let result = deliver(shared, &primary, forward).await;
     tracing::debug!(
         request_id = ?request_id,
         db = %params.db,
@@ -279,6 +311,45 @@ async fn write(shared: &Shared, api: Api, request: Request<Incoming>) -> Result<
         response.headers_mut().insert("x-influxdb-version", version);
     }
     Ok(response)
+}
+
+/// Delivers a write to its primary cluster; when the cluster cannot take it and the spool
+/// applies, spools it instead (SPEC §7).
+async fn deliver(
+    shared: &Arc<Shared>,
+    cluster: &upstream::Cluster,
+    forward: Forward,
+) -> Result<Accepted, ProxyError> {
+    let spool = shared
+        .spool
+        .as_ref()
+        .filter(|s| s.acknowledges(&forward.params));
+    let Some(spool) = spool else {
+        return tokio::time::timeout(shared.config.server.request_timeout, cluster.write(forward))
+            .await
+            .unwrap_or(Err(ProxyError::RequestTimeout));
+    };
+    // While the cluster is down and writes already wait in the spool, newer writes queue
+    // behind them rather than overtake them.
+    let waiting = spool.queue(&cluster.name).is_some_and(|q| q.entries() > 0);
+    if waiting && !cluster.is_healthy() {
+        spool.append(&cluster.name, &forward).await?;
+        return Ok(Accepted::spooled());
+    }
+    let result = tokio::time::timeout(
+        shared.config.server.request_timeout,
+        cluster.write(forward.clone()),
+    )
+    .await
+    .unwrap_or(Err(ProxyError::RequestTimeout));
+    match result {
+        Err(error) if spool::may_spool(&error) => {
+            tracing::debug!(cluster = %cluster.name, error = %error, "cluster could not take the write; spooling it");
+            spool.append(&cluster.name, &forward).await?;
+            Ok(Accepted::spooled())
+        }
+        other => other,
+    }
 }
 
 /// The principal's decoded-bytes rate limit.
@@ -367,10 +438,18 @@ fn ready(shared: &Shared) -> Resp {
             serde_json::json!({"status": "draining"}),
         );
     }
+    // A cluster without a healthy node is fine while its spool can take the writes.
+    let spool_has_room = |cluster: &str| {
+        shared
+            .spool
+            .as_ref()
+            .and_then(|s| s.queue(cluster))
+            .is_some_and(|q| q.has_room())
+    };
     let mut down: Vec<&str> = shared
         .upstreams
         .iter()
-        .filter(|c| !c.is_healthy())
+        .filter(|c| !c.is_healthy() && !spool_has_room(&c.name))
         .map(|c| c.name.as_str())
         .collect();
     if down.is_empty() {
@@ -381,6 +460,15 @@ fn ready(shared: &Shared) -> Resp {
         StatusCode::SERVICE_UNAVAILABLE,
         serde_json::json!({"status": "not ready", "clusters_without_healthy_node": down}),
     )
+}
+
+fn metrics(shared: &Shared) -> Resp {
+    let (body, content_type) = shared.metrics.render();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
 }
 
 /// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching

@@ -9,9 +9,11 @@ pub mod error;
 pub mod handler;
 pub mod limit;
 pub mod lineproto;
+pub mod metrics;
 pub mod request_id;
 pub mod rewrite;
 pub mod server;
+pub mod spool;
 pub mod stack;
 pub mod upstream;
 

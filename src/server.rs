@@ -39,7 +39,7 @@ impl Bound {
         Ok(Bound {
             main,
             admin,
-            shared: Shared::new(config),
+            shared: Shared::new(config)?,
         })
     }
 
@@ -104,6 +104,10 @@ impl Bound {
             // The admin listener kept answering `/ready` 503 during the drain; close it now.
             let admin_drain = task.await?;
             let _ = tokio::time::timeout(Duration::from_secs(1), admin_drain.shutdown()).await;
+        }
+        if let Some(spool) = &shared.spool {
+            spool.close().await;
+            tracing::info!("spool closed");
         }
         match outcome {
             Ok(()) => tracing::info!("drained, exiting"),

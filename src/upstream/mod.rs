@@ -128,6 +128,17 @@ pub struct Accepted {
     pub tries: u32,
 }
 
+impl Accepted {
+    /// The write went to the spool, not to a node.
+    pub fn spooled() -> Accepted {
+        Accepted {
+            version: None,
+            node: "spool".to_string(),
+            tries: 0,
+        }
+    }
+}
+
 impl Cluster {
     fn new(config: &ClusterConfig, client: HttpClient) -> Self {
         let nodes = config

@@ -41,9 +41,14 @@ impl Reason {
 
 /// Decides whether the outcome of one try may be retried.
 pub fn classify<T>(outcome: &Result<T, ProxyError>) -> Decision {
-    let Err(error) = outcome else {
-        return Decision::Final;
-    };
+    match outcome {
+        Ok(_) => Decision::Final,
+        Err(error) => classify_error(error),
+    }
+}
+
+/// `classify` for a failure.
+pub fn classify_error(error: &ProxyError) -> Decision {
     match error {
         ProxyError::UpstreamUnavailable { .. } => Decision::Retry(Reason::Connection),
         ProxyError::UpstreamTimeout { .. } => Decision::Retry(Reason::Timeout),

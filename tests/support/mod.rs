@@ -587,3 +587,64 @@ impl Drop for OwnInfluxd {
         self.kill();
     }
 }
+
+// === the proxy as its own process ===
+
+/// The proxy binary running from a `proxy.toml` in `dir`, to be SIGKILLed like a crashing
+/// process (the in-process `Proxy` cannot die that way). Its log goes to `dir/proxy-<n>.log`.
+pub struct ProxyProcess {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ProxyProcess {
+    /// Writes `toml` (which must listen on `port`) to `dir/proxy.toml`, starts the binary and
+    /// waits for `/ping`.
+    pub fn start(dir: &std::path::Path, port: u16, toml: &str) -> ProxyProcess {
+        std::fs::write(dir.join("proxy.toml"), toml).unwrap();
+        let n = std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("proxy-"))
+            })
+            .count();
+        let log = std::fs::File::create(dir.join(format!("proxy-{n}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_influx-write-proxy"))
+            .arg("--config")
+            .arg(dir.join("proxy.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the proxy binary");
+        let proxy = ProxyProcess {
+            port,
+            child: Some(child),
+        };
+        assert!(
+            wait_for_ping(&proxy.url("")),
+            "proxy did not start: see {}",
+            dir.display()
+        );
+        proxy
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL: no drain, no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
