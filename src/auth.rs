@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
 use bytes::Bytes;
@@ -27,7 +28,9 @@ use tower::{Layer, Service};
 
 use crate::config::{sha256, AuthConfig, PasswordCheck, RateConfig, Secret};
 use crate::error::{Api, ProxyError};
+use crate::handler::Generation;
 use crate::limit::{Limits, LoginThrottle};
+use crate::metrics::Metrics;
 use crate::rewrite::Query;
 
 /// Someone who authenticated: a token's name or a username.
@@ -344,19 +347,18 @@ pub struct PeerAddr(pub SocketAddr);
 
 /// Authenticates writes and queries in mode `proxy` (401, or 429 for a throttled address);
 /// everything else passes untouched.
+///
+/// It also pins the configuration generation the request will be served with (a reload
+/// during the request does not change it), as a request extension.
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Option<Arc<Authenticator>>,
-    realm: Arc<str>,
+    current: Arc<ArcSwap<Generation>>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    /// `auth` is `None` outside mode `proxy`.
-    pub fn new(auth: Option<Arc<Authenticator>>, realm: &str) -> Self {
-        Self {
-            auth,
-            realm: realm.into(),
-        }
+    pub fn new(current: Arc<ArcSwap<Generation>>, metrics: Arc<Metrics>) -> Self {
+        Self { current, metrics }
     }
 }
 
@@ -366,8 +368,8 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Auth<S> {
         Auth {
             inner,
-            auth: self.auth.clone(),
-            realm: self.realm.clone(),
+            current: self.current.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -375,8 +377,8 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    auth: Option<Arc<Authenticator>>,
-    realm: Arc<str>,
+    current: Arc<ArcSwap<Generation>>,
+    metrics: Arc<Metrics>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -396,17 +398,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let generation = self.current.load_full();
         let path = request.uri().path();
         let guarded = matches!(path, "/write" | "/api/v2/write" | "/query");
-        let Some(auth) = self.auth.clone().filter(|_| guarded) else {
-            return Box::pin(self.inner.call(request));
-        };
         let api = if path == "/api/v2/write" {
             Api::V2
         } else {
             Api::V1
         };
-        let realm = self.realm.clone();
+        let auth = generation.auth.clone().filter(|_| guarded);
+        request.extensions_mut().insert(generation.clone());
+        let Some(auth) = auth else {
+            return Box::pin(self.inner.call(request));
+        };
+        let metrics = self.metrics.clone();
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -415,22 +420,30 @@ where
                 .extensions()
                 .get::<PeerAddr>()
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+            let realm = &generation.config.server.realm;
             if let Err(throttled) = auth.throttle.check(ip) {
-                return Ok(throttled.into_response(api, &realm));
+                return Ok(throttled.into_response(api, realm));
             }
             let presented = presented(request.uri().query(), request.headers(), auth.jwt_enabled());
+            let missing = matches!(presented, Presented::None);
             match auth.authenticate(presented).await {
                 Ok(principal) => {
                     if let Err(limited) = principal.limits.check_request(&principal.name) {
-                        return Ok(limited.into_response(api, &realm));
+                        metrics
+                            .rate_limited
+                            .with_label_values(&[principal.name.as_str()])
+                            .inc();
+                        return Ok(limited.into_response(api, realm));
                     }
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
                 Err(error) => {
-                    tracing::info!(client = %ip, "authentication failed");
+                    let reason = if missing { "missing" } else { "invalid" };
+                    metrics.auth_failures.with_label_values(&[reason]).inc();
+                    tracing::info!(client = %ip, reason, "authentication failed");
                     let error = auth.throttle.failed(ip).unwrap_or(error);
-                    Ok(error.into_response(api, &realm))
+                    Ok(error.into_response(api, realm))
                 }
             }
         })

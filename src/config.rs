@@ -23,7 +23,7 @@ pub struct Config {
 }
 
 /// The durable queue for writes a cluster could not take (`[spool]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolConfig {
     /// Relative paths are relative to the working directory.
     pub dir: PathBuf,
@@ -55,6 +55,7 @@ pub struct ServerConfig {
     pub realm: String,
     /// Threads serving requests; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +125,7 @@ pub struct RateConfig {
     pub burst_seconds: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
     pub nodes: Vec<Uri>,
@@ -137,6 +138,18 @@ pub struct ClusterConfig {
     /// Base of the full-jitter exponential backoff between tries.
     pub retry_backoff: Duration,
     pub health_check_interval: Duration,
+    /// Extra roots for `https://` nodes (`tls_ca_file`, read at load), beside the system's.
+    pub tls_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub tls_insecure_skip_verify: bool,
+}
+
+/// `[server.tls]`: HTTPS on `listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Require client certificates signed by these CAs (mTLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// A `[[routes]]` entry: writes to a database matching `database` go to `cluster`.
@@ -205,6 +218,34 @@ impl Config {
             ConfigErrors(vec![format!("{path}: {first_line}")])
         })?;
         raw.validate()
+    }
+
+    /// The keys that differ in `new` but only take effect after a restart (they shape the
+    /// listeners, the runtime or the spool, which a reload keeps).
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        [
+            ("server.listen", a.listen != b.listen),
+            ("server.admin_listen", a.admin_listen != b.admin_listen),
+            (
+                "server.header_read_timeout",
+                a.header_read_timeout != b.header_read_timeout,
+            ),
+            (
+                "server.max_inflight_bytes",
+                a.max_inflight_bytes != b.max_inflight_bytes,
+            ),
+            (
+                "server.worker_threads",
+                a.worker_threads != b.worker_threads,
+            ),
+            // The files themselves are re-read when they change; their paths are not.
+            ("server.tls", a.tls != b.tls),
+            ("spool", self.spool != new.spool),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// The cluster a write to `database` goes to, and its mirrors: the first matching
@@ -338,7 +379,15 @@ struct RawServer {
     shutdown_grace: Option<String>,
     realm: Option<String>,
     worker_threads: Option<usize>,
-    tls: Option<toml::Value>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+    client_ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -403,8 +452,9 @@ struct RawCluster {
     max_retries: Option<u32>,
     retry_backoff: Option<String>,
     health_check_interval: Option<String>,
-    tls_ca_file: Option<toml::Value>,
-    tls_insecure_skip_verify: Option<toml::Value>,
+    tls_ca_file: Option<String>,
+    #[serde(default)]
+    tls_insecure_skip_verify: bool,
 }
 
 #[derive(Deserialize)]
@@ -431,12 +481,6 @@ struct Checker(Vec<String>);
 impl Checker {
     fn error(&mut self, path: &str, message: impl fmt::Display) {
         self.0.push(format!("{path}: {message}"));
-    }
-
-    fn unsupported(&mut self, path: &str, present: bool) {
-        if present {
-            self.0.push(format!("not supported yet: {path}"));
-        }
     }
 
     fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
@@ -562,6 +606,7 @@ impl RawConfig {
             ),
             realm: s.realm.clone().unwrap_or_else(|| "InfluxDB".to_string()),
             worker_threads: s.worker_threads.filter(|&n| n > 0),
+            tls: s.tls.as_ref().map(|t| validate_tls(t, &mut c)),
         };
         if s.worker_threads.is_some_and(|n| n > 1024) {
             c.error(
@@ -581,7 +626,6 @@ impl RawConfig {
                 "must be at least server.max_body_bytes",
             );
         }
-        c.unsupported("server.tls", s.tls.is_some());
 
         let mode = match self.auth.mode.as_deref() {
             None | Some("none") => AuthMode::None,
@@ -629,15 +673,13 @@ impl RawConfig {
                     }
                 })
                 .collect();
-            for (key, present) in [
-                ("tls_ca_file", raw.tls_ca_file.is_some()),
-                (
-                    "tls_insecure_skip_verify",
-                    raw.tls_insecure_skip_verify.is_some(),
-                ),
-            ] {
-                c.unsupported(&format!("{path}.{key}"), present);
-            }
+            let tls_ca = match raw.tls_ca_file.as_deref().filter(|f| !f.is_empty()) {
+                None => vec![],
+                Some(file) => crate::tls::read_certs(Path::new(file)).unwrap_or_else(|e| {
+                    c.error(&format!("{path}.tls_ca_file"), e);
+                    vec![]
+                }),
+            };
             let username = raw.username.clone().filter(|u| !u.is_empty());
             let password = raw.password.clone().filter(|p| !p.is_empty()).map(Secret);
             if password.is_some() && username.is_none() {
@@ -667,6 +709,8 @@ impl RawConfig {
                     raw.health_check_interval.as_deref(),
                     Duration::from_secs(5),
                 ),
+                tls_ca,
+                tls_insecure_skip_verify: raw.tls_insecure_skip_verify,
             });
         }
 
@@ -707,6 +751,23 @@ impl RawConfig {
             spool,
         })
     }
+}
+
+fn validate_tls(raw: &RawTls, c: &mut Checker) -> TlsConfig {
+    let tls = TlsConfig {
+        cert_file: PathBuf::from(&raw.cert_file),
+        key_file: PathBuf::from(&raw.key_file),
+        client_ca_file: raw
+            .client_ca_file
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from),
+    };
+    // Load now, so `check` and a reload catch a bad certificate before it is needed.
+    if let Err(e) = crate::tls::ServerTls::load(&tls) {
+        c.error(e.key, e.message);
+    }
+    tls
 }
 
 fn validate_spool(raw: &RawSpool, mode: AuthMode, c: &mut Checker) -> SpoolConfig {
@@ -915,12 +976,13 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 /// A node is `http://host:port` with an optional path prefix (for nodes behind a path-routing
 /// gateway); `/write` is appended to it.
 fn parse_node(url: &str) -> Result<Uri, &'static str> {
-    if url.starts_with("https://") {
-        return Err("https upstreams are not supported yet");
-    }
-    if !url.starts_with("http://") {
-        return Err("the scheme must be http://");
-    }
+    let scheme = if url.starts_with("https://") {
+        "https"
+    } else if url.starts_with("http://") {
+        "http"
+    } else {
+        return Err("the scheme must be http:// or https://");
+    };
     let uri: Uri = url.parse().map_err(|_| "not a URL")?;
     let authority = uri.authority().ok_or("no host")?;
     if authority.host().is_empty() {
@@ -934,7 +996,7 @@ fn parse_node(url: &str) -> Result<Uri, &'static str> {
     }
     let path = uri.path().trim_end_matches('/');
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.clone())
         .path_and_query(if path.is_empty() { "/" } else { path })
         .build()
@@ -983,7 +1045,7 @@ mod tests {
                 "server.listen: invalid address \"nowhere\" (use host:port, e.g. \"127.0.0.1:8087\")",
                 "server.max_body_bytes: invalid size \"12 parsecs\" (use bytes, or e.g. \"25MB\", \"512MiB\")",
                 "server.body_read_timeout: invalid duration \"soon\" (use e.g. \"250ms\", \"10s\", \"168h\")",
-                "clusters.default.nodes[1]: invalid URL \"htp:/x\": the scheme must be http://",
+                "clusters.default.nodes[1]: invalid URL \"htp:/x\": the scheme must be http:// or https://",
                 "routes[0].cluster: unknown cluster \"eu\"",
             ]
         );
@@ -1043,14 +1105,25 @@ mod tests {
     }
 
     #[test]
-    fn sections_not_built_yet_are_rejected_not_ignored() {
-        let errors = parse(&format!("{MINIMAL}tls_ca_file = \"ca.pem\"\n"))
-            .unwrap_err()
-            .0;
-        assert_eq!(
-            errors,
-            vec!["not supported yet: clusters.default.tls_ca_file"]
+    fn tls_files_are_checked_at_load_and_errors_name_their_keys() {
+        let errors = parse(&format!(
+            "[server.tls]\ncert_file = \"/nonexistent/tls.crt\"\nkey_file = \"k\"\n{MINIMAL}tls_ca_file = \"/nonexistent/ca.pem\"\n"
+        ))
+        .unwrap_err()
+        .0;
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("server.tls.cert_file: cannot read \"/nonexistent/tls.crt\""),
+            "{errors:?}"
         );
+        assert!(
+            errors[1].starts_with("clusters.default.tls_ca_file: cannot read"),
+            "{errors:?}"
+        );
+        let https = parse("[clusters.default]\nnodes = [\"https://db.example:8086\"]\ntls_insecure_skip_verify = true\n")
+            .unwrap();
+        assert_eq!(https.clusters[0].nodes[0].scheme_str(), Some("https"));
+        assert!(https.clusters[0].tls_insecure_skip_verify);
     }
 
     #[test]

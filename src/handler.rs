@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -22,19 +24,38 @@ use crate::body::{self, Chunks, Inflight};
 use crate::config::{AuthMode, Config};
 use crate::error::{json_response, Api, BoxError, ProxyError};
 use crate::lineproto::{self, TimestampCheck};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriteDetails};
 use crate::request_id::{RequestIdValue, OWN_VERSION};
 use crate::rewrite::{Query, WriteParams};
 use crate::spool::{self, Spool};
 use crate::upstream::{self, Accepted, Credentials, Forward, Upstreams};
 use tokio_util::task::TaskTracker;
 
-/// State shared by every request, built once.
-pub struct Shared {
+/// Everything a SIGHUP replaces, built from one `proxy.toml`. A request keeps the generation
+/// it started with until it is answered.
+pub struct Generation {
     pub config: Config,
     /// Mode `proxy` only.
     pub auth: Option<Arc<Authenticator>>,
     pub upstreams: Upstreams,
+}
+
+impl Generation {
+    /// Clusters whose settings did not change are taken over from `previous` with their
+    /// health state and connection pools.
+    fn new(config: Config, metrics: &Arc<Metrics>, previous: Option<&Upstreams>) -> Self {
+        Self {
+            upstreams: Upstreams::new(&config, metrics, previous),
+            auth: (config.auth.mode == AuthMode::Proxy)
+                .then(|| Arc::new(Authenticator::new(&config.auth))),
+            config,
+        }
+    }
+}
+
+/// State shared by every request, built once.
+pub struct Shared {
+    pub current: Arc<ArcSwap<Generation>>,
     pub inflight: Arc<Inflight>,
     /// Set when shutdown starts: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
@@ -51,28 +72,56 @@ impl Shared {
     /// called within a Tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Self>, BoxError> {
         let metrics = Arc::new(Metrics::new());
-        let upstreams = Upstreams::new(&config);
-        let spool = match &config.spool {
+        let inflight = Inflight::new(config.server.max_inflight_bytes);
+        let spool_config = config.spool.clone();
+        let names: Vec<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        let current = Arc::new(ArcSwap::from_pointee(Generation::new(
+            config, &metrics, None,
+        )));
+        let spool = match spool_config {
             Some(spool_config) => {
-                let names = config.clusters.iter().map(|c| c.name.clone());
-                let spool = Spool::open(spool_config, names, &metrics)?;
-                spool.start_replay(&upstreams);
+                let spool = Spool::open(&spool_config, &metrics)?;
+                spool.add_clusters(&names, lookup(&current))?;
                 Some(spool)
             }
             None => None,
         };
         Ok(Arc::new(Self {
-            upstreams,
-            auth: (config.auth.mode == AuthMode::Proxy)
-                .then(|| Arc::new(Authenticator::new(&config.auth))),
-            inflight: Inflight::new(config.server.max_inflight_bytes),
+            current,
+            inflight,
             draining: AtomicBool::new(false),
             background: TaskTracker::new(),
             metrics,
             spool,
-            config,
         }))
     }
+
+    /// The configuration new requests use.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Makes `config` the one new requests use; requests in flight finish on theirs. Returns
+    /// the changed keys that only a restart applies (listeners, TLS, spool, …).
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, BoxError> {
+        let old = self.current.load_full();
+        let needs_restart = old.config.needs_restart(&config);
+        let names: Vec<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        // New clusters get their spool queue first: once the generation is live, writes may
+        // need it.
+        if let Some(spool) = &self.spool {
+            spool.add_clusters(&names, lookup(&self.current))?;
+        }
+        let generation = Generation::new(config, &self.metrics, Some(&old.upstreams));
+        self.current.store(Arc::new(generation));
+        Ok(needs_restart)
+    }
+}
+
+/// Finds a cluster of the current generation by name (spool replay follows reloads).
+fn lookup(current: &Arc<ArcSwap<Generation>>) -> upstream::ClusterLookup {
+    let current = current.clone();
+    Arc::new(move |name: &str| current.load().upstreams.get(name).cloned())
 }
 
 /// Which endpoints a listener serves.
@@ -119,6 +168,12 @@ impl Service<Request<Incoming>> for Router {
 async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> Resp {
     let main = matches!(role, Role::Main { .. });
     let admin = matches!(role, Role::Admin | Role::Main { with_admin: true });
+    // The auth layer pins the generation for guarded paths; the rest take the current one.
+    let generation = request
+        .extensions()
+        .get::<Arc<Generation>>()
+        .cloned()
+        .unwrap_or_else(|| shared.generation());
     let method = request.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let api = if request.uri().path() == "/api/v2/write" {
@@ -132,28 +187,53 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
         "/live" | "/ready" | "/metrics" => admin,
         _ => false,
     };
+    let mut details = WriteDetails::default();
     let result = match (path, &method) {
         _ if !known => Err(ProxyError::NotFound),
-        ("/write" | "/api/v2/write", &Method::POST) => write(&shared, api, request).await,
+        ("/write" | "/api/v2/write", &Method::POST) => {
+            write(&shared, &generation, api, request, &mut details).await
+        }
         ("/query", &Method::GET | &Method::POST) => query(&shared, request).await,
         ("/ping", _) if get => Ok(ping(&request)),
-        ("/health", _) if get => Ok(health(&shared)),
+        ("/health", _) if get => Ok(health(&generation)),
         ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
-        ("/ready", _) if get => Ok(ready(&shared)),
-        ("/metrics", _) if get => Ok(metrics(&shared)),
+        ("/ready", _) if get => Ok(ready(&shared, &generation)),
+        ("/metrics", _) if get => Ok(metrics(&shared, &generation)),
         _ => Err(ProxyError::MethodNotAllowed),
     };
-    result.unwrap_or_else(|e| e.into_response(api, &shared.config.server.realm))
+    let mut response = result.unwrap_or_else(|e| {
+        if matches!(e, ProxyError::Forbidden { .. }) {
+            shared
+                .metrics
+                .auth_failures
+                .with_label_values(&["forbidden"])
+                .inc();
+        }
+        if let ProxyError::RateLimited { principal, .. } = &e {
+            shared
+                .metrics
+                .rate_limited
+                .with_label_values(&[principal.as_str()])
+                .inc();
+        }
+        e.into_response(api, &generation.config.server.realm)
+    });
+    if !details.db.is_empty() {
+        response.extensions_mut().insert(details);
+    }
+    response
 }
 
 // === writes ===
 
 async fn write(
     shared: &Arc<Shared>,
+    generation: &Arc<Generation>,
     api: Api,
     request: Request<Incoming>,
+    details: &mut WriteDetails,
 ) -> Result<Resp, ProxyError> {
-    let started = Instant::now();
+    let config = &generation.config;
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -162,8 +242,14 @@ async fn write(
         Api::V1 => WriteParams::from_v1(query)?,
         Api::V2 => WriteParams::from_v2(query)?,
     };
-    // Authorization before a byte of the body is read.
     let principal = request.extensions().get::<Arc<Principal>>().cloned();
+    details.db.clone_from(&params.db);
+    details.rp = params.rp.clone().unwrap_or_default();
+    details.principal = principal
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    // Authorization before a byte of the body is read.
     if let Some(principal) = &principal {
         if !principal.may_write(&params.db, params.rp.as_deref()) {
             tracing::info!(principal = %principal.name, db = %params.db, "write refused: database not allowed");
@@ -187,22 +273,23 @@ async fn write(
             ));
         }
     };
-    let (primary, mirrors) = shared.config.clusters_for(&params.db);
+    let (primary, mirrors) = config.clusters_for(&params.db);
+    details.cluster = primary.to_string();
     let cluster = |name: &str| {
-        shared
+        generation
             .upstreams
             .get(name)
             .cloned()
             .expect("validated routes name existing clusters")
     };
-    let credentials = match shared.config.auth.mode {
+    let credentials = match config.auth.mode {
         AuthMode::None | AuthMode::Proxy => Credentials::Cluster,
         AuthMode::Passthrough => Credentials::Client(client_credentials(
             &params,
             parts.headers.get(AUTHORIZATION),
         )),
     };
-    let server = &shared.config.server;
+    let server = &config.server;
     let content_length = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -256,7 +343,8 @@ async fn write(
         .get::<RequestIdValue>()
         .map(|id| id.0.clone())
         .unwrap_or_else(|| HeaderValue::from_static("-"));
-    let bytes = body.len();
+    details.bytes = body.len();
+    details.points = points;
     let forward = Forward {
         params,
         body,
@@ -280,31 +368,28 @@ async fn write(
                 if let Some(spool) = shared.spool.as_ref().filter(|_| spool::may_spool(&error)) {
                     match spool.append(&mirror.name, &forward).await {
                         Ok(()) => tracing::info!(cluster = %mirror.name, "mirror write spooled"),
-                        Err(e) => tracing::error!(error = %e, "mirror write lost: it could not be spooled"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "mirror write lost: it could not be spooled")
+                        }
                     }
                 }
             }
         });
     }
     let primary = cluster(primary);
-    let params = forward.params.clone();
-    let request_id = forward.request_id.clone();
-    let result = deliver(shared, &primary, forward).await;
-    tracing::debug!(
-        request_id = ?request_id,
-        db = %params.db,
-        rp = params.rp.as_deref().unwrap_or(""),
-        principal = principal.as_ref().map_or("", |p| p.name.as_str()),
-        cluster = %primary.name,
-        node = result.as_ref().map_or("", |a| a.node.as_str()),
-        tries = result.as_ref().map_or(0, |a| a.tries),
-        status = result.as_ref().map_or_else(|e| e.status().as_u16(), |_| 204),
-        bytes,
-        points,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        "write"
-    );
-    let accepted = result?;
+    let accepted = deliver(shared, server.request_timeout, &primary, forward).await?;
+    details.node = accepted.node;
+    details.tries = accepted.tries;
+    shared
+        .metrics
+        .write_bytes
+        .with_label_values(&[primary.name.as_str()])
+        .inc_by(details.bytes);
+    shared
+        .metrics
+        .write_points
+        .with_label_values(&[primary.name.as_str()])
+        .inc_by(details.points);
     let mut response = Response::new(Full::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     if let Some(version) = accepted.version {
@@ -317,6 +402,7 @@ async fn write(
 /// applies, spools it instead (SPEC §7).
 async fn deliver(
     shared: &Arc<Shared>,
+    timeout: Duration,
     cluster: &upstream::Cluster,
     forward: Forward,
 ) -> Result<Accepted, ProxyError> {
@@ -325,7 +411,7 @@ async fn deliver(
         .as_ref()
         .filter(|s| s.acknowledges(&forward.params));
     let Some(spool) = spool else {
-        return tokio::time::timeout(shared.config.server.request_timeout, cluster.write(forward))
+        return tokio::time::timeout(timeout, cluster.write(forward))
             .await
             .unwrap_or(Err(ProxyError::RequestTimeout));
     };
@@ -336,12 +422,9 @@ async fn deliver(
         spool.append(&cluster.name, &forward).await?;
         return Ok(Accepted::spooled());
     }
-    let result = tokio::time::timeout(
-        shared.config.server.request_timeout,
-        cluster.write(forward.clone()),
-    )
-    .await
-    .unwrap_or(Err(ProxyError::RequestTimeout));
+    let result = tokio::time::timeout(timeout, cluster.write(forward.clone()))
+        .await
+        .unwrap_or(Err(ProxyError::RequestTimeout));
     match result {
         Err(error) if spool::may_spool(&error) => {
             tracing::debug!(cluster = %cluster.name, error = %error, "cluster could not take the write; spooling it");
@@ -396,8 +479,8 @@ fn ping(request: &Request<Incoming>) -> Resp {
     }
 }
 
-fn health(shared: &Shared) -> Resp {
-    let mut clusters: Vec<_> = shared.upstreams.iter().collect();
+fn health(generation: &Generation) -> Resp {
+    let mut clusters: Vec<_> = generation.upstreams.iter().collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let checks: Vec<_> = clusters
         .iter()
@@ -431,7 +514,7 @@ fn health(shared: &Shared) -> Resp {
     )
 }
 
-fn ready(shared: &Shared) -> Resp {
+fn ready(shared: &Shared, generation: &Generation) -> Resp {
     if shared.draining.load(Ordering::Relaxed) {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -446,7 +529,7 @@ fn ready(shared: &Shared) -> Resp {
             .and_then(|s| s.queue(cluster))
             .is_some_and(|q| q.has_room())
     };
-    let mut down: Vec<&str> = shared
+    let mut down: Vec<&str> = generation
         .upstreams
         .iter()
         .filter(|c| !c.is_healthy() && !spool_has_room(&c.name))
@@ -462,8 +545,20 @@ fn ready(shared: &Shared) -> Resp {
     )
 }
 
-fn metrics(shared: &Shared) -> Resp {
-    let (body, content_type) = shared.metrics.render();
+fn metrics(shared: &Shared, generation: &Generation) -> Resp {
+    let metrics = &shared.metrics;
+    // Gauges read off the live state at scrape time. Nodes no longer configured drop out.
+    metrics.upstream_healthy.reset();
+    for cluster in generation.upstreams.iter() {
+        for (node, healthy) in cluster.node_health() {
+            metrics
+                .upstream_healthy
+                .with_label_values(&[cluster.name.as_str(), node.as_str()])
+                .set(healthy as i64);
+        }
+    }
+    metrics.inflight_bytes.set(shared.inflight.used() as i64);
+    let (body, content_type) = metrics.render();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     if let Ok(value) = HeaderValue::from_str(&content_type) {
         response.headers_mut().insert(CONTENT_TYPE, value);
@@ -484,7 +579,8 @@ async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, Prox
     });
     if form {
         let mut reservation = shared.inflight.reserve();
-        let server = &shared.config.server;
+        let generation = shared.generation();
+        let server = &generation.config.server;
         let body = body::read(
             request.into_body(),
             None,

@@ -15,6 +15,7 @@ pub mod rewrite;
 pub mod server;
 pub mod spool;
 pub mod stack;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log line format (the level comes from RUST_LOG, default "info")
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, env = "INFLUX_WRITE_PROXY_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -91,7 +91,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async { influx_write_proxy::run(config, shutdown_signal()).await }) {
+    let served = runtime.block_on(async {
+        let bound = influx_write_proxy::Bound::bind(config).await?;
+        let reloader = bound.reloader(path.clone());
+        bound.serve(signals(reloader)).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "fatal");
@@ -134,9 +139,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP is caught (its default action would kill the
-/// process) and logged: configuration reload is not built yet.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT; reloads the configuration on each SIGHUP.
+async fn signals(reloader: influx_write_proxy::server::Reloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -145,7 +149,11 @@ async fn shutdown_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes"),
+            _ = hup.recv() => {
+                let reloader = reloader.clone();
+                // Reading files (and TLS material) is blocking work.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
         }
     }
 }

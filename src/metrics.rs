@@ -1,62 +1,203 @@
 //! The proxy's Prometheus metrics (SPEC §9), in a registry the proxy owns (never the
-//! process-global default), served as text on `/metrics`. Label values come only from the
-//! config (cluster names) or fixed sets (`result`), never from what a client sends.
+//! process-global default), served as text on `/metrics`; and the outermost layer, which
+//! counts and times every request and writes its access-log line.
+//!
+//! Label values come only from the config (cluster, node and principal names) or fixed sets
+//! (`endpoint`, `result`, `reason`, status codes), never from what a client sends: a client
+//! writing to a thousand databases adds no series.
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tower::{Layer, Service};
 
 pub const PREFIX: &str = "influx_write_proxy";
 
+/// Seconds: sub-millisecond forwards on loopback up to slow retried writes and timeouts.
+const WRITE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
 pub struct Metrics {
     registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub write_bytes: IntCounterVec,
+    pub write_points: IntCounterVec,
+    /// `reason`: missing, invalid, forbidden.
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub body_too_large: IntCounter,
+    /// `code`: the upstream's status, or `error` (no HTTP answer) or `timeout`.
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub mirror_failures: IntCounterVec,
     pub spool_bytes: IntGaugeVec,
     pub spool_entries: IntGaugeVec,
     /// `result`: spooled, replayed, rejected, expired, refused.
     pub spool_writes: IntCounterVec,
+    pub inflight_requests: IntGauge,
+    pub inflight_bytes: IntGauge,
+    pub tls_cert_expiry: IntGauge,
+    /// `result`: success, error.
+    pub tls_cert_reloads: IntCounterVec,
+    /// `result`: success, error.
+    pub config_reloads: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(WRITE_BUCKETS.to_vec());
+    register(registry, HistogramVec::new(opts, labels))
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, made: prometheus::Result<C>) -> C {
+    let collector = made.expect("metric definitions are valid");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some(PREFIX.to_string()), None)
+        let r = Registry::new_custom(Some(PREFIX.to_string()), None)
             .expect("the prefix is a valid metric name");
-        let spool_bytes = IntGaugeVec::new(
-            Opts::new(
+        let plain_counter =
+            |name: &str, help: &str| register(&r, IntCounter::with_opts(Opts::new(name, help)));
+        let plain_gauge =
+            |name: &str, help: &str| register(&r, IntGauge::with_opts(Opts::new(name, help)));
+        Metrics {
+            http_requests: counter(
+                &r,
+                "http_requests_total",
+                "Requests answered, by endpoint (write, v2_write, ping, health, query, other) and status code.",
+                &["endpoint", "code"],
+            ),
+            http_duration: histogram(
+                &r,
+                "http_request_duration_seconds",
+                "Time from request head to response head, by endpoint.",
+                &["endpoint"],
+            ),
+            write_bytes: counter(
+                &r,
+                "write_bytes_total",
+                "Body bytes of acknowledged writes (as forwarded), by primary cluster.",
+                &["cluster"],
+            ),
+            write_points: counter(
+                &r,
+                "write_points_total",
+                "Points in acknowledged writes, by primary cluster.",
+                &["cluster"],
+            ),
+            auth_failures: counter(
+                &r,
+                "auth_failures_total",
+                "Requests refused by auth: missing or invalid credentials (401), or a database the principal may not write (403).",
+                &["reason"],
+            ),
+            rate_limited: counter(
+                &r,
+                "rate_limited_total",
+                "Requests refused with 429 for a principal over its rate limit.",
+                &["principal"],
+            ),
+            body_too_large: plain_counter(
+                "body_too_large_total",
+                "Requests refused with 413 (wire or decoded body over its limit).",
+            ),
+            upstream_requests: counter(
+                &r,
+                "upstream_requests_total",
+                "Tries sent to data nodes, by status code, or error (no HTTP answer) or timeout.",
+                &["cluster", "node", "code"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "upstream_request_duration_seconds",
+                "Duration of each try against a data node.",
+                &["cluster", "node"],
+            ),
+            upstream_retries: counter(
+                &r,
+                "upstream_retries_total",
+                "Tries after the first, by cluster.",
+                &["cluster"],
+            ),
+            upstream_healthy: gauge(
+                &r,
+                "upstream_healthy",
+                "1 when the node is healthy (active checks and passive ejection), else 0.",
+                &["cluster", "node"],
+            ),
+            mirror_failures: counter(
+                &r,
+                "mirror_failures_total",
+                "Mirror deliveries that failed every try (spooled when the spool is enabled).",
+                &["cluster"],
+            ),
+            spool_bytes: gauge(
+                &r,
                 "spool_bytes",
                 "Bytes of spooled writes not yet delivered, per cluster.",
+                &["cluster"],
             ),
-            &["cluster"],
-        )
-        .expect("valid metric");
-        let spool_entries = IntGaugeVec::new(
-            Opts::new(
+            spool_entries: gauge(
+                &r,
                 "spool_entries",
                 "Spooled writes not yet delivered, per cluster.",
+                &["cluster"],
             ),
-            &["cluster"],
-        )
-        .expect("valid metric");
-        let spool_writes = IntCounterVec::new(
-            Opts::new(
+            spool_writes: counter(
+                &r,
                 "spool_writes_total",
                 "Spool events per cluster: spooled, replayed, rejected (moved to rejected/), \
                  expired (past max_age, moved to rejected/), refused (full or disk error: 503).",
+                &["cluster", "result"],
             ),
-            &["cluster", "result"],
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(spool_bytes.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(spool_entries.clone()),
-            Box::new(spool_writes.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
-        Metrics {
-            registry,
-            spool_bytes,
-            spool_entries,
-            spool_writes,
+            inflight_requests: plain_gauge("inflight_requests", "Requests being served."),
+            inflight_bytes: plain_gauge(
+                "inflight_bytes",
+                "Body bytes held by requests being served (bounded by max_inflight_bytes).",
+            ),
+            tls_cert_expiry: plain_gauge(
+                "tls_cert_expiry_timestamp_seconds",
+                "notAfter of the serving certificate, as a Unix timestamp (0 without TLS).",
+            ),
+            tls_cert_reloads: counter(
+                &r,
+                "tls_cert_reloads_total",
+                "Certificate re-reads after a change on disk: success, or error (the previous certificate stays).",
+                &["result"],
+            ),
+            config_reloads: counter(
+                &r,
+                "config_reloads_total",
+                "SIGHUP reloads of proxy.toml: success, or error (the running config stays).",
+                &["result"],
+            ),
+            registry: r,
         }
     }
 
@@ -74,5 +215,174 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The `endpoint` label: a fixed set, whatever the path.
+pub fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/write" => "write",
+        "/api/v2/write" => "v2_write",
+        "/ping" => "ping",
+        "/health" => "health",
+        "/query" => "query",
+        "/live" | "/ready" | "/metrics" => "admin",
+        _ => "other",
+    }
+}
+
+/// What the write path tells the access log, carried out in the response's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct WriteDetails {
+    pub db: String,
+    pub rp: String,
+    pub principal: String,
+    pub cluster: String,
+    pub node: String,
+    pub tries: u32,
+    pub bytes: u64,
+    pub points: u64,
+}
+
+// === ObserveLayer ===
+
+/// Outermost layer: request counts and durations, requests in flight, 413s, and one access
+/// line per request (`info`; the admin endpoints at `debug`).
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// Decrements the in-flight gauge however the request ends (answered or dropped).
+struct InflightGuard(IntGauge);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let endpoint = endpoint(request.uri().path());
+        let method = request.method().clone();
+        let peer = request
+            .extensions()
+            .get::<crate::auth::PeerAddr>()
+            .map(|p| p.0);
+        let metrics = self.metrics.clone();
+        metrics.inflight_requests.inc();
+        let guard = InflightGuard(metrics.inflight_requests.clone());
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            drop(guard);
+            if let Ok(response) = &result {
+                let status = response.status().as_u16();
+                let elapsed = started.elapsed();
+                let mut code = itoa::Buffer::new();
+                metrics
+                    .http_requests
+                    .with_label_values(&[endpoint, code.format(status)])
+                    .inc();
+                metrics
+                    .http_duration
+                    .with_label_values(&[endpoint])
+                    .observe(elapsed.as_secs_f64());
+                if status == 413 {
+                    metrics.body_too_large.inc();
+                }
+                access_log(endpoint, &method, peer, response, elapsed);
+            }
+            result
+        })
+    }
+}
+
+fn access_log<RB>(
+    endpoint: &'static str,
+    method: &http::Method,
+    peer: Option<std::net::SocketAddr>,
+    response: &Response<RB>,
+    elapsed: std::time::Duration,
+) {
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let status = response.status().as_u16();
+    let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+    let client = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let empty = WriteDetails::default();
+    let w = response
+        .extensions()
+        .get::<WriteDetails>()
+        .unwrap_or(&empty);
+    macro_rules! line {
+        ($level:expr) => {
+            tracing::event!(
+                target: "access",
+                $level,
+                request_id,
+                %method,
+                endpoint,
+                status,
+                client,
+                db = %w.db,
+                rp = %w.rp,
+                principal = %w.principal,
+                cluster = %w.cluster,
+                node = %w.node,
+                tries = w.tries,
+                bytes = w.bytes,
+                points = w.points,
+                duration_ms,
+                "request"
+            )
+        };
+    }
+    if endpoint == "admin" {
+        line!(tracing::Level::DEBUG);
+    } else {
+        line!(tracing::Level::INFO);
     }
 }

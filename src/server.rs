@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +22,14 @@ use crate::config::Config;
 use crate::error::BoxError;
 use crate::handler::{Role, Shared};
 use crate::stack;
+use crate::tls::Acceptor;
 
 /// A proxy whose listeners are bound, ready to serve.
 pub struct Bound {
     main: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    tls: Option<Arc<Acceptor>>,
 }
 
 impl Bound {
@@ -36,11 +39,32 @@ impl Bound {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let tls_config = config.server.tls.clone();
+        let shared = Shared::new(config)?;
+        let tls = match tls_config {
+            Some(tls) => {
+                let acceptor = Acceptor::new(&tls, shared.metrics.clone())
+                    .map_err(|e| format!("{}: {}", e.key, e.message))?;
+                acceptor.watch();
+                Some(acceptor)
+            }
+            None => None,
+        };
         Ok(Bound {
             main,
             admin,
-            shared: Shared::new(config)?,
+            shared,
+            tls,
         })
+    }
+
+    /// What SIGHUP calls: re-reads `path` and swaps the configuration in.
+    pub fn reloader(&self, path: PathBuf) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            tls: self.tls.clone(),
+            path,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -61,13 +85,15 @@ impl Bound {
             main,
             admin,
             shared,
+            tls,
         } = self;
-        let server = &shared.config.server;
+        let startup = shared.generation();
         let (stop_main, main_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let with_admin = admin.is_none();
         tracing::info!(
             listen = %main.local_addr()?,
+            tls = tls.is_some(),
             admin = %admin.as_ref().map_or(Ok("on listen".to_string()), |l| l.local_addr().map(|a| a.to_string()))?,
             version = env!("CARGO_PKG_VERSION"),
             "listening"
@@ -75,19 +101,24 @@ impl Bound {
         let main_task = tokio::spawn(accept_loop(
             main,
             stack::build(shared.clone(), Role::Main { with_admin }),
-            builder(&shared.config),
+            builder(&startup.config),
+            tls,
             main_stopped,
         ));
         let admin_task = admin.map(|listener| {
             tokio::spawn(accept_loop(
                 listener,
                 stack::build(shared.clone(), Role::Admin),
-                builder(&shared.config),
+                builder(&startup.config),
+                None,
                 admin_stopped,
             ))
         });
+        drop(startup);
 
         shutdown.await;
+        let generation = shared.generation();
+        let server = &generation.config.server;
         tracing::info!(grace = ?server.shutdown_grace, "shutting down: draining in-flight requests");
         shared.draining.store(true, Ordering::SeqCst);
         let _ = stop_main.send(true);
@@ -156,11 +187,55 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Re-reads `proxy.toml` (and the TLS files) on SIGHUP.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    tls: Option<Arc<Acceptor>>,
+    path: PathBuf,
+}
+
+impl Reloader {
+    /// Loads the file and swaps it in; an invalid file keeps the running configuration.
+    /// Either way the outcome is logged and counted in `config_reloads_total`.
+    pub fn reload(&self) -> bool {
+        tracing::info!(path = %self.path.display(), "reloading configuration");
+        let reloads = &self.shared.metrics.config_reloads;
+        let outcome = match Config::load(&self.path) {
+            Err(errors) => Err(errors.0),
+            Ok(config) => self.shared.reload(config).map_err(|e| vec![e.to_string()]),
+        };
+        if let Some(tls) = &self.tls {
+            tls.reload_if_changed();
+        }
+        match outcome {
+            Ok(needs_restart) => {
+                reloads.with_label_values(&["success"]).inc();
+                tracing::info!(
+                    "configuration reloaded; requests in flight finish on the previous one"
+                );
+                if !needs_restart.is_empty() {
+                    tracing::warn!(keys = ?needs_restart, "these changed keys take effect only after a restart");
+                }
+                true
+            }
+            Err(errors) => {
+                reloads.with_label_values(&["error"]).inc();
+                for error in errors {
+                    tracing::error!(%error, "reload failed; keeping the running configuration");
+                }
+                false
+            }
+        }
+    }
+}
+
 /// Accepts until told to stop; returns the handle that drains the connections it started.
 async fn accept_loop(
     listener: TcpListener,
     service: stack::Stack,
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<Arc<Acceptor>>,
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
@@ -184,12 +259,34 @@ async fn accept_loop(
                 request
             },
         );
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(service);
+        let Some(tls) = tls.clone() else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's own task, so a slow client cannot hold up
+        // the accept loop; plaintext or garbage fails it and the connection is closed.
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream = match tls.accept(stream).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -8,6 +8,7 @@ use tower_http::catch_panic::{CatchPanic, CatchPanicLayer};
 use crate::auth::{Auth, AuthLayer};
 use crate::error::panic_response;
 use crate::handler::{Role, Router, Shared};
+use crate::metrics::{Observe, ObserveLayer};
 use crate::request_id::{RequestId, RequestIdLayer};
 
 /// Turns a handler's panic into the 500 of `error::panic_response`.
@@ -26,20 +27,22 @@ impl tower_http::catch_panic::ResponseForPanic for PanicHandler {
 }
 
 /// The service one listener runs, cloned for every request by hyper-util's glue.
-pub type Stack = RequestId<CatchPanic<Auth<Router>, PanicHandler>>;
+pub type Stack = Observe<RequestId<CatchPanic<Auth<Router>, PanicHandler>>>;
 
 pub fn build(shared: Arc<Shared>, role: Role) -> Stack {
     ServiceBuilder::new()
+        // Counts and times every answer, requests in flight; one access-log line each.
+        .layer(ObserveLayer::new(shared.metrics.clone()))
         // Never fails: request id in, X-Request-Id / Request-Id / X-Influxdb-Version out.
         .layer(RequestIdLayer)
         // 500: a bug in a handler answers the request instead of dropping the connection.
         .layer(CatchPanicLayer::custom(PanicHandler))
-        // Mode proxy, on /write, /api/v2/write and /query: 401 for any bad or missing
-        // credentials, 429 for an address with too many failed logins or a principal over
-        // its request rate.
+        // Pins the request's configuration generation. Mode proxy, on /write,
+        // /api/v2/write and /query: 401 for any bad or missing credentials, 429 for an
+        // address with too many failed logins or a principal over its request rate.
         .layer(AuthLayer::new(
-            shared.auth.clone(),
-            &shared.config.server.realm,
+            shared.current.clone(),
+            shared.metrics.clone(),
         ))
         // Dispatch by path: 404 unknown path, 405 wrong method; the write path answers
         // 400 (parameters, gzip), 403 (database not allowed, before the body is read), 413

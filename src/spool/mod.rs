@@ -31,7 +31,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::rewrite::WriteParams;
 use crate::upstream::retry::{self, Decision};
-use crate::upstream::{Forward, Upstreams};
+use crate::upstream::{ClusterLookup, Forward};
 pub use record::{Damage, Record};
 
 /// A new segment is started once the current one reaches this size.
@@ -57,62 +57,69 @@ pub enum SpoolError {
 
 /// Every cluster's queue.
 pub struct Spool {
-    queues: HashMap<String, Arc<Queue>>,
-    ack: SpoolAck,
+    config: SpoolConfig,
+    metrics: Arc<Metrics>,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
     replays: Mutex<Vec<AbortHandle>>,
 }
 
 impl Spool {
-    /// Opens (and recovers) a queue for each cluster and starts their writer threads.
-    pub fn open(
-        config: &SpoolConfig,
-        clusters: impl IntoIterator<Item = String>,
-        metrics: &Metrics,
-    ) -> io::Result<Spool> {
-        let mut queues = HashMap::new();
-        for cluster in clusters {
-            let queue = Queue::open(&cluster, config, metrics).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot open spool {}: {e}",
-                        config.dir.join(&cluster).display()
-                    ),
-                )
-            })?;
-            queues.insert(cluster, queue);
-        }
+    pub fn open(config: &SpoolConfig, metrics: &Arc<Metrics>) -> io::Result<Spool> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create spool dir {}: {e}", config.dir.display()),
+            )
+        })?;
         Ok(Spool {
-            queues,
-            ack: config.ack,
+            config: config.clone(),
+            metrics: metrics.clone(),
+            queues: Mutex::new(HashMap::new()),
             replays: Mutex::new(vec![]),
         })
     }
 
-    /// Starts one replay task per cluster. Must be called within a Tokio runtime.
-    pub fn start_replay(&self, upstreams: &Upstreams) {
-        let mut replays = lock(&self.replays);
-        for (name, queue) in &self.queues {
-            let cluster = upstreams
-                .get(name)
-                .cloned()
-                .expect("a queue per configured cluster");
-            replays.push(tokio::spawn(replay::run(queue.clone(), cluster)).abort_handle());
+    /// Opens (and recovers) a queue, with its writer thread and replay task, for each named
+    /// cluster that has none yet. A cluster dropped from the config keeps its queue; its
+    /// writes wait until it is configured again. Must be called within a Tokio runtime.
+    pub fn add_clusters(&self, names: &[String], lookup: ClusterLookup) -> io::Result<()> {
+        let mut queues = lock(&self.queues);
+        for name in names {
+            if queues.contains_key(name) {
+                continue;
+            }
+            let queue = Queue::open(name, &self.config, &self.metrics).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot open spool {}: {e}",
+                        self.config.dir.join(name).display()
+                    ),
+                )
+            })?;
+            let replay = tokio::spawn(replay::run(queue.clone(), lookup.clone()));
+            lock(&self.replays).push(replay.abort_handle());
+            queues.insert(name.clone(), queue);
         }
+        Ok(())
     }
 
-    pub fn queue(&self, cluster: &str) -> Option<&Arc<Queue>> {
-        self.queues.get(cluster)
+    pub fn queue(&self, cluster: &str) -> Option<Arc<Queue>> {
+        lock(&self.queues).get(cluster).cloned()
     }
 
     /// Whether a write that failed with `error` is answered 204 once spooled.
     pub fn acknowledges(&self, params: &WriteParams) -> bool {
-        self.ack == SpoolAck::Always || params.consistency.as_deref() == Some("any")
+        self.config.ack == SpoolAck::Always || params.consistency.as_deref() == Some("any")
     }
 
     /// Spools `forward` for `cluster`; `Ok` once it is on disk.
     pub async fn append(&self, cluster: &str, forward: &Forward) -> Result<(), SpoolError> {
-        let queue = self.queue(cluster).expect("a queue per configured cluster");
+        let Some(queue) = self.queue(cluster) else {
+            return Err(SpoolError::Closed {
+                cluster: cluster.to_string(),
+            });
+        };
         let record = Record {
             spooled_at_ms: now_ms(),
             gzip: forward.gzip,
@@ -127,7 +134,7 @@ impl Spool {
         for replay in lock(&self.replays).drain(..) {
             replay.abort();
         }
-        let queues: Vec<_> = self.queues.values().cloned().collect();
+        let queues: Vec<_> = lock(&self.queues).values().cloned().collect();
         let _ = tokio::task::spawn_blocking(move || {
             for queue in queues {
                 queue.close();

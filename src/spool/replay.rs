@@ -13,18 +13,18 @@ use crate::body::Chunks;
 use crate::error::ProxyError;
 use crate::rewrite::WriteParams;
 use crate::upstream::retry::{self, Decision};
-use crate::upstream::{Cluster, Credentials, Forward};
+use crate::upstream::{ClusterLookup, Credentials, Forward};
 
 /// Longest pause between replay attempts of one record.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a waiting replay looks at the cluster's health (and at `max_age`).
 const HEALTH_POLL: Duration = Duration::from_millis(500);
 
-pub async fn run(queue: Arc<Queue>, cluster: Arc<Cluster>) {
+pub async fn run(queue: Arc<Queue>, lookup: ClusterLookup) {
     loop {
         let at = queue.next().await;
         match queue.read(at).await {
-            Ok(Ok(Some(record))) => deliver(&queue, &cluster, at, record).await,
+            Ok(Ok(Some(record))) => deliver(&queue, &lookup, at, record).await,
             Ok(Ok(None)) => unreachable!("a position is before the end of its segment"),
             Ok(Err(damage)) => set_aside_damaged(&queue, at, damage).await,
             Err(e) => {
@@ -37,7 +37,7 @@ pub async fn run(queue: Arc<Queue>, cluster: Arc<Cluster>) {
 
 /// Delivers one record, retrying until the cluster takes it, refuses it for good, or it
 /// expires.
-async fn deliver(queue: &Queue, cluster: &Cluster, at: Position, record: Record) {
+async fn deliver(queue: &Queue, lookup: &ClusterLookup, at: Position, record: Record) {
     let len = record.encoded_len();
     let params = match WriteParams::from_v1(Some(&record.query)) {
         Ok(params) => params,
@@ -54,10 +54,11 @@ async fn deliver(queue: &Queue, cluster: &Cluster, at: Position, record: Record)
             let why = format!("older than spool.max_age ({:?})", queue.max_age);
             return reject(queue, at, &record, Done::Expired, None, &why).await;
         }
-        if !cluster.is_healthy() {
+        // The cluster as configured now: a reload may have changed or removed it.
+        let Some(cluster) = lookup(&queue.cluster).filter(|c| c.is_healthy()) else {
             tokio::time::sleep(HEALTH_POLL).await;
             continue;
-        }
+        };
         let forward = Forward {
             params: params.clone(),
             body: Chunks::from(record.body.clone()),

@@ -93,7 +93,8 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let cluster = Arc::new(Cluster::new(&config.clusters[0], super::super::client()));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let cluster = Arc::new(Cluster::new(&config.clusters[0], &metrics));
         let first_fails = Arc::new(AtomicBool::new(true));
         let flag = first_fails.clone();
         let probe = move |_: Arc<Cluster>, index: usize, _: Duration| {

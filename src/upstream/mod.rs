@@ -19,6 +19,7 @@ use base64::Engine;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,6 +28,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::body::Chunks;
 use crate::config::{ClusterConfig, Config};
 use crate::error::{BoxError, ProxyError};
+use crate::metrics::Metrics;
 use crate::rewrite::WriteParams;
 use node::{Node, Transition};
 use retry::{Decision, Reason};
@@ -34,24 +36,36 @@ use retry::{Decision, Reason};
 /// Longest upstream error body read to pass its message on.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-type HttpClient = Client<HttpConnector, Chunks>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
-/// Every configured cluster, and the client they share.
+/// Finds a cluster of the running configuration by name.
+pub type ClusterLookup = Arc<dyn Fn(&str) -> Option<Arc<Cluster>> + Send + Sync>;
+
+/// Every configured cluster.
 pub struct Upstreams {
     clusters: HashMap<String, Arc<Cluster>>,
 }
 
 impl Upstreams {
     /// Builds the clusters and starts their health checks (which end when the clusters are
-    /// dropped). Must be called within a Tokio runtime.
-    pub fn new(config: &Config) -> Self {
-        let client = client();
+    /// dropped). A cluster configured exactly as in `previous` is taken over as it is, with
+    /// its health state and pooled connections. Must be called within a Tokio runtime.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>, previous: Option<&Upstreams>) -> Self {
         let clusters = config
             .clusters
             .iter()
             .map(|c| {
-                let cluster = Arc::new(Cluster::new(c, client.clone()));
-                health::spawn(&cluster);
+                let kept = previous
+                    .and_then(|p| p.get(&c.name))
+                    .filter(|old| old.config == *c);
+                let cluster = match kept {
+                    Some(old) => old.clone(),
+                    None => {
+                        let cluster = Arc::new(Cluster::new(c, metrics));
+                        health::spawn(&cluster);
+                        cluster
+                    }
+                };
                 (c.name.clone(), cluster)
             })
             .collect();
@@ -68,12 +82,30 @@ impl Upstreams {
     }
 }
 
-/// The pooled keep-alive client every cluster shares.
-fn client() -> HttpClient {
+/// A cluster's pooled keep-alive client, speaking TLS to `https://` nodes.
+fn client(config: &ClusterConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.enforce_http(false);
+    let tls = config.nodes.iter().any(|n| n.scheme_str() == Some("https"));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(if tls {
+            crate::tls::client_config(config)
+        } else {
+            // Never used: no node speaks https.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        })
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -85,6 +117,10 @@ fn client() -> HttpClient {
 /// One cluster: its nodes, credentials, retry policy and retry budget.
 pub struct Cluster {
     pub name: String,
+    /// What it was built from: a reload keeps the cluster when this is unchanged.
+    config: ClusterConfig,
+    metrics: Arc<Metrics>,
+    retries: prometheus::IntCounter,
     /// Swapped whole on reload; health lives in the nodes.
     nodes: ArcSwap<Vec<Node>>,
     credentials: Option<HeaderValue>,
@@ -140,7 +176,8 @@ impl Accepted {
 }
 
 impl Cluster {
-    fn new(config: &ClusterConfig, client: HttpClient) -> Self {
+    fn new(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Self {
+        let client = client(config);
         let nodes = config
             .nodes
             .iter()
@@ -157,6 +194,11 @@ impl Cluster {
             .map(|user| basic(user, config.password.as_ref().map_or("", |p| p.expose())));
         Self {
             name: config.name.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            retries: metrics
+                .upstream_retries
+                .with_label_values(&[config.name.as_str()]),
             nodes: ArcSwap::from_pointee(nodes),
             credentials,
             timeout: config.timeout,
@@ -174,6 +216,37 @@ impl Cluster {
         self.nodes.load().iter().any(Node::is_healthy)
     }
 
+    /// Each node's name and health.
+    pub fn node_health(&self) -> Vec<(String, bool)> {
+        self.nodes
+            .load()
+            .iter()
+            .map(|n| (n.name.clone(), n.is_healthy()))
+            .collect()
+    }
+
+    /// Counts and times one try.
+    fn observe(
+        &self,
+        node: &Node,
+        outcome: &Result<Option<HeaderValue>, ProxyError>,
+        took: Duration,
+    ) {
+        let code = match outcome {
+            Ok(_) => "2xx".to_string(),
+            Err(ProxyError::Upstream { status, .. }) => status.as_u16().to_string(),
+            Err(ProxyError::UpstreamTimeout { .. }) => "timeout".to_string(),
+            Err(_) => "error".to_string(),
+        };
+        let m = &self.metrics;
+        m.upstream_requests
+            .with_label_values(&[self.name.as_str(), node.name.as_str(), code.as_str()])
+            .inc();
+        m.upstream_duration
+            .with_label_values(&[self.name.as_str(), node.name.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
     /// Delivers the write, retrying as `retry::classify` allows.
     pub async fn write(&self, forward: Forward) -> Result<Accepted, ProxyError> {
         self.budget.deposit();
@@ -188,12 +261,16 @@ impl Cluster {
             let outcome = {
                 let _inflight = node.start();
                 let request = self.request(node, &uri_tail, &forward)?;
-                match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+                let started = std::time::Instant::now();
+                let outcome = match tokio::time::timeout(self.timeout, self.exchange(request)).await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => Err(ProxyError::UpstreamTimeout {
                         cluster: self.name.clone(),
                     }),
-                }
+                };
+                self.observe(node, &outcome, started.elapsed());
+                outcome
             };
             let reason = match retry::classify(&outcome) {
                 Decision::Final => {
@@ -226,6 +303,7 @@ impl Cluster {
                 });
             }
             tracing::debug!(cluster = %self.name, node = %node.name, reason = reason.as_str(), retry = retries + 1, "retrying");
+            self.retries.inc();
             tokio::time::sleep(retry::backoff(self.retry_backoff, retries)).await;
         }
     }
@@ -321,6 +399,10 @@ impl Cluster {
     /// Counts and logs a failed mirror delivery; the client never hears of it.
     pub fn mirror_failed(&self, error: &ProxyError) {
         self.mirror_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .mirror_failures
+            .with_label_values(&[self.name.as_str()])
+            .inc();
         tracing::warn!(cluster = %self.name, status = error.status().as_u16(), error = %error, "mirror delivery failed");
     }
 }
