@@ -218,7 +218,8 @@ pub fn client_config(cluster: &ClusterConfig) -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports TLS 1.2 and 1.3");
-    let mut config = if cluster.tls_insecure_skip_verify {
+    // No ALPN here: hyper-rustls sets it from the HTTP versions it enables (HTTP/1.1).
+    if cluster.tls_insecure_skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
@@ -229,9 +230,7 @@ pub fn client_config(cluster: &ClusterConfig) -> rustls::ClientConfig {
         roots.add_parsable_certificates(native.certs);
         roots.add_parsable_certificates(cluster.tls_ca.iter().cloned());
         builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    }
 }
 
 /// `tls_insecure_skip_verify`: any certificate, any name. Signatures are still checked, so

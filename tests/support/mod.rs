@@ -4,6 +4,8 @@
 //! no HTTP server does on purpose (garbage, stalls).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -165,6 +167,21 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(reply: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
+        Upstream::start_with(None, reply).await
+    }
+
+    /// The same over HTTPS with `tls`.
+    pub async fn start_tls(
+        tls: Arc<rustls::ServerConfig>,
+        reply: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        Upstream::start_with(Some(tls), reply).await
+    }
+
+    async fn start_with(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        reply: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -175,7 +192,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (recorded, reply) = (recorded.clone(), reply.clone());
+                let (recorded, reply, tls) = (recorded.clone(), reply.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let (recorded, reply) = (recorded.clone(), reply.clone());
@@ -203,9 +220,23 @@ impl Upstream {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(tls) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -601,6 +632,16 @@ impl ProxyProcess {
     /// Writes `toml` (which must listen on `port`) to `dir/proxy.toml`, starts the binary and
     /// waits for `/ping`.
     pub fn start(dir: &std::path::Path, port: u16, toml: &str) -> ProxyProcess {
+        ProxyProcess::start_with_env(dir, port, toml, &[])
+    }
+
+    /// `start`, with extra environment variables for the process.
+    pub fn start_with_env(
+        dir: &std::path::Path,
+        port: u16,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         std::fs::write(dir.join("proxy.toml"), toml).unwrap();
         let n = std::fs::read_dir(dir)
             .unwrap()
@@ -614,6 +655,7 @@ impl ProxyProcess {
             .arg("--config")
             .arg(dir.join("proxy.toml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -634,6 +676,16 @@ impl ProxyProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let sent = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
     /// SIGKILL: no drain, no flush, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -647,4 +699,58 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// === Prometheus text ===
+
+/// One sample of a scrape: its name, labels and value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the text exposition format (enough of it for the proxy's own output).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                None => (series, Default::default()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels close");
+                    let labels = body
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|pair| {
+                            let (k, v) = pair.split_once("=\"").expect("label pair");
+                            (k.to_string(), v.trim_end_matches('"').to_string())
+                        })
+                        .collect();
+                    (name, labels)
+                }
+            };
+            Sample {
+                name: name.to_string(),
+                labels,
+                value: value.parse().expect("numeric value"),
+            }
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include every pair of `labels`.
+pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
 }
