@@ -6,18 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
+if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
     echo "installing kubernetes-validate (PyPI)" >&2
     python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null; }
     python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate 2>/dev/null ||
         python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
-    hash -r
 fi
 command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 
 manifests=(deploy/kubernetes/*/*.yaml)
 # CRDs (ServiceMonitor) and Kustomization have no built-in schema: warned, checked below.
-kubernetes-validate --strict --quiet "${manifests[@]}"
+python3 -m kubernetes_validate --strict --quiet "${manifests[@]}"
 
 cargo build --locked --quiet
 tmp="$(mktemp -d)"
