@@ -218,7 +218,8 @@ impl Default for Metrics {
     }
 }
 
-/// The `endpoint` label: a fixed set, whatever the path.
+/// The `endpoint` label: SPEC §9's fixed set, whatever the path (the admin endpoints and
+/// unknown paths are `other`).
 pub fn endpoint(path: &str) -> &'static str {
     match path {
         "/write" => "write",
@@ -226,9 +227,13 @@ pub fn endpoint(path: &str) -> &'static str {
         "/ping" => "ping",
         "/health" => "health",
         "/query" => "query",
-        "/live" | "/ready" | "/metrics" => "admin",
         _ => "other",
     }
+}
+
+/// Probes and scrapes: logged at `debug`, not `info`.
+fn is_admin(path: &str) -> bool {
+    matches!(path, "/live" | "/ready" | "/metrics")
 }
 
 /// What the write path tells the access log, carried out in the response's extensions.
@@ -303,6 +308,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let started = Instant::now();
         let endpoint = endpoint(request.uri().path());
+        let admin = is_admin(request.uri().path());
         let method = request.method().clone();
         let peer = request
             .extensions()
@@ -330,7 +336,7 @@ where
                 if status == 413 {
                     metrics.body_too_large.inc();
                 }
-                access_log(endpoint, &method, peer, response, elapsed);
+                access_log(endpoint, admin, &method, peer, response, elapsed);
             }
             result
         })
@@ -339,6 +345,7 @@ where
 
 fn access_log<RB>(
     endpoint: &'static str,
+    admin: bool,
     method: &http::Method,
     peer: Option<std::net::SocketAddr>,
     response: &Response<RB>,
@@ -380,7 +387,7 @@ fn access_log<RB>(
             )
         };
     }
-    if endpoint == "admin" {
+    if admin {
         line!(tracing::Level::DEBUG);
     } else {
         line!(tracing::Level::INFO);
