@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use support::pki::{self, Ca, Leaf};
-use support::{free_port, metric_value, parse_metrics, Proxy, ProxyProcess, Reply, Upstream};
+use support::{
+    free_port, metric_value, parse_metrics, scrape, wait_until, Proxy, ProxyProcess, Reply,
+    Upstream,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN_A: &str = "token-a-0123456789abcdef";
@@ -29,6 +32,17 @@ fn tls_toml(dir: &Path, node: &str, extra_tls: &str) -> String {
          [clusters.default]\nnodes = [\"{node}\"]\n",
         d = dir.display()
     )
+}
+
+/// A TLS-terminating proxy with a certificate for localhost (expiring 2031) from a fresh CA,
+/// in front of an upstream that answers 204.
+async fn tls_proxy() -> (Upstream, Ca, tempfile::TempDir, Proxy) {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let ca = Ca::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &ca.leaf("proxy", 2031));
+    let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
+    (upstream, ca, dir, proxy)
 }
 
 fn https_client(ca: &Ca, identity: Option<&Leaf>, http2: bool) -> reqwest::Client {
@@ -77,38 +91,11 @@ fn der(leaf: &Leaf) -> Vec<u8> {
         .to_vec()
 }
 
-async fn scrape(url: &str) -> Vec<support::Sample> {
-    let text = support::client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_metrics(&text)
-}
-
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 // === TLS termination ===
 
 #[tokio::test]
 async fn https_is_served_over_http1_and_h2_with_alpn() {
-    let upstream = Upstream::start(|_| Reply::ok()).await;
-    let ca = Ca::new("test CA");
-    let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), &ca.leaf("proxy", 2031));
-    let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
+    let (upstream, ca, _dir, proxy) = tls_proxy().await;
     let url = format!("https://localhost:{}/write?db=a", proxy.addr.port());
     for (http2, version) in [
         (false, reqwest::Version::HTTP_11),
@@ -138,11 +125,7 @@ async fn https_is_served_over_http1_and_h2_with_alpn() {
 
 #[tokio::test]
 async fn plaintext_and_garbage_on_the_tls_port_are_closed_cleanly() {
-    let upstream = Upstream::start(|_| Reply::ok()).await;
-    let ca = Ca::new("test CA");
-    let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), &ca.leaf("proxy", 2031));
-    let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
+    let (upstream, ca, _dir, proxy) = tls_proxy().await;
     for junk in [
         &b"POST /write?db=a HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\nm v=1 1"[..],
         &[0u8, 1, 2, 3, 255, 254, 13, 10, 13, 10][..],
@@ -205,7 +188,7 @@ async fn a_rotated_certificate_is_served_without_restart() {
 
     // As Kubernetes does: new files are written, the process is not told.
     write_files(dir.path(), &new);
-    wait_for("the new certificate is served", async || {
+    wait_until("the new certificate is served", async || {
         served_certificate(proxy.addr, &ca).await.unwrap() == der(&new)
     })
     .await;
@@ -249,40 +232,26 @@ async fn a_broken_new_certificate_keeps_the_previous_one_serving() {
     let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
     let metrics = proxy.admin_url("/metrics");
 
-    // Half a rotation: a new certificate whose key has not arrived yet, then garbage.
+    // Half a rotation (a new certificate whose key has not arrived yet), then garbage.
     let other = ca.leaf("other", 2032);
-    std::fs::write(dir.path().join("tls.crt"), &other.cert).unwrap();
-    wait_for("the mismatched pair is refused", async || {
-        let samples = scrape(&metrics).await;
-        metric_value(
-            &samples,
-            "influx_write_proxy_tls_cert_reloads_total",
-            &[("result", "error")],
-        ) >= 1.0
-    })
-    .await;
-    assert_eq!(
-        served_certificate(proxy.addr, &ca).await.unwrap(),
-        der(&good)
-    );
-    std::fs::write(
-        dir.path().join("tls.crt"),
-        "-----BEGIN CERTIFICATE-----\nnope\n",
-    )
-    .unwrap();
-    wait_for("the garbage is refused", async || {
-        let samples = scrape(&metrics).await;
-        metric_value(
-            &samples,
-            "influx_write_proxy_tls_cert_reloads_total",
-            &[("result", "error")],
-        ) >= 2.0
-    })
-    .await;
-    assert_eq!(
-        served_certificate(proxy.addr, &ca).await.unwrap(),
-        der(&good)
-    );
+    let broken = [other.cert.as_str(), "-----BEGIN CERTIFICATE-----\nnope\n"];
+    for (refused, cert) in (1..).zip(broken) {
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        wait_until("the broken pair is refused", async || {
+            let samples = scrape(&metrics).await;
+            let errors = [("result", "error")];
+            metric_value(
+                &samples,
+                "influx_write_proxy_tls_cert_reloads_total",
+                &errors,
+            ) >= f64::from(refused)
+        })
+        .await;
+        assert_eq!(
+            served_certificate(proxy.addr, &ca).await.unwrap(),
+            der(&good)
+        );
+    }
     let samples = scrape(&metrics).await;
     assert_eq!(
         metric_value(
@@ -473,55 +442,18 @@ async fn metrics_count_a_scripted_workload_with_bounded_labels() {
     let get = |name: &str, labels: &[(&str, &str)]| {
         metric_value(&m, &format!("influx_write_proxy_{name}"), labels)
     };
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "write"), ("code", "204")]
-        ),
-        51.0
-    );
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "v2_write"), ("code", "204")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "write"), ("code", "401")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "write"), ("code", "403")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "write"), ("code", "429")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "write"), ("code", "413")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            "http_requests_total",
-            &[("endpoint", "ping"), ("code", "204")]
-        ),
-        1.0
-    );
+    for (endpoint, code, count) in [
+        ("write", "204", 51.0),
+        ("v2_write", "204", 1.0),
+        ("write", "401", 2.0),
+        ("write", "403", 1.0),
+        ("write", "429", 1.0),
+        ("write", "413", 1.0),
+        ("ping", "204", 1.0),
+    ] {
+        let labels = [("endpoint", endpoint), ("code", code)];
+        assert_eq!(get("http_requests_total", &labels), count, "{labels:?}");
+    }
     assert_eq!(
         get(
             "http_request_duration_seconds_count",

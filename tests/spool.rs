@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{client, free_port, OwnInfluxd, Proxy, ProxyProcess, Reply, Upstream};
+use support::{
+    client, free_port, metric_value, wait_until, OwnInfluxd, Proxy, ProxyProcess, Reply, Upstream,
+};
 
 /// An upstream that answers 503 to everything until `up` is set, then 204 — except bodies
 /// containing `bad`, which get InfluxDB's 400. Bodies it accepted are kept in order.
@@ -71,6 +73,15 @@ fn spool_toml(node: &str, dir: &Path, spool_extra: &str) -> String {
     )
 }
 
+/// A spooling proxy in front of a `Switchable` node (down at first), spooling into a
+/// fresh directory.
+async fn spooling_proxy(spool_extra: &str) -> (Switchable, tempfile::TempDir, Proxy) {
+    let node = Switchable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&spool_toml(&node.upstream.url(), dir.path(), spool_extra)).await;
+    (node, dir, proxy)
+}
+
 async fn write(proxy_url: &str, query: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     let response = client()
         .post(format!("{proxy_url}/write?{query}"))
@@ -81,32 +92,33 @@ async fn write(proxy_url: &str, query: &str, body: impl Into<reqwest::Body>) -> 
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// The value of one sample in Prometheus text, e.g. `spool_entries{cluster="default"}`.
-async fn metric(admin_url: &str, sample: &str) -> f64 {
-    let text = client()
-        .get(admin_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let name = format!("influx_write_proxy_{sample} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&name))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
+/// Writes `body(0)`, `body(1)`, … until one is refused with 503 (at most 10). Returns the
+/// bodies answered 204 and the refusal's text.
+async fn fill_until_refused(
+    proxy: &Proxy,
+    query: &str,
+    body: impl Fn(usize) -> String,
+) -> (Vec<String>, Option<String>) {
+    let mut acknowledged = vec![];
+    for i in 0..10 {
+        let (status, text) = write(&proxy.url(""), query, body(i)).await;
+        match status {
+            204 => acknowledged.push(body(i)),
+            503 => return (acknowledged, Some(text)),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    (acknowledged, None)
+}
+
+/// The value of the sample `name` (without the prefix) with exactly these labels.
+async fn metric(admin_url: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = support::scrape(admin_url).await;
+    metric_value(&samples, &format!("influx_write_proxy_{name}"), labels)
 }
 
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(what, async || done()).await;
 }
 
 fn files_in(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
@@ -120,9 +132,7 @@ fn files_in(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
-    let node = Switchable::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&spool_toml(&node.upstream.url(), dir.path(), "")).await;
+    let (node, _dir, proxy) = spooling_proxy("").await;
     let metrics = proxy.admin_url("/metrics");
 
     let bodies: Vec<String> = (0..20).map(|i| format!("m,i={i} v={i} {i}\n")).collect();
@@ -134,18 +144,19 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
     let (status, text) = write(&proxy.url(""), "db=d", "m,i=refused v=0 99\n").await;
     assert_eq!(status, 503, "{text}");
     assert_eq!(
-        metric(&metrics, r#"spool_entries{cluster="default"}"#).await,
+        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
         20.0
     );
     assert_eq!(
         metric(
             &metrics,
-            r#"spool_writes_total{cluster="default",result="spooled"}"#
+            "spool_writes_total",
+            &[("cluster", "default"), ("result", "spooled")]
         )
         .await,
         20.0
     );
-    assert!(metric(&metrics, r#"spool_bytes{cluster="default"}"#).await > 20.0 * 16.0);
+    assert!(metric(&metrics, "spool_bytes", &[("cluster", "default")]).await > 20.0 * 16.0);
     // The cluster is down but the spool takes writes: still ready.
     let ready = client()
         .get(proxy.admin_url("/ready"))
@@ -159,17 +170,18 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.delivered(), bodies, "replayed once each, in order");
     assert_eq!(
-        metric(&metrics, r#"spool_entries{cluster="default"}"#).await,
+        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
         0.0
     );
     assert_eq!(
-        metric(&metrics, r#"spool_bytes{cluster="default"}"#).await,
+        metric(&metrics, "spool_bytes", &[("cluster", "default")]).await,
         0.0
     );
     assert_eq!(
         metric(
             &metrics,
-            r#"spool_writes_total{cluster="default",result="replayed"}"#
+            "spool_writes_total",
+            &[("cluster", "default"), ("result", "replayed")]
         )
         .await,
         20.0
@@ -205,7 +217,7 @@ async fn ack_always_spools_unavailability_but_never_a_rejection() {
     assert_eq!(status, 204, "ack = always: {text}");
     let metrics = proxy.admin_url("/metrics");
     assert_eq!(
-        metric(&metrics, r#"spool_entries{cluster="default"}"#).await,
+        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
         1.0
     );
     node.set_up();
@@ -215,28 +227,9 @@ async fn ack_always_spools_unavailability_but_never_a_rejection() {
 
 #[tokio::test]
 async fn a_full_spool_answers_503_and_never_acknowledges_without_durability() {
-    let node = Switchable::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&spool_toml(
-        &node.upstream.url(),
-        dir.path(),
-        "max_bytes = 1000",
-    ))
-    .await;
+    let (node, _dir, proxy) = spooling_proxy("max_bytes = 1000").await;
     let body = |i: usize| format!("m,i={i} v=\"{}\" {i}\n", "x".repeat(200));
-    let mut acknowledged = vec![];
-    let mut refusal = None;
-    for i in 0..10 {
-        let (status, text) = write(&proxy.url(""), "db=d&consistency=any", body(i)).await;
-        match status {
-            204 => acknowledged.push(body(i)),
-            503 => {
-                refusal = Some(text);
-                break;
-            }
-            other => panic!("unexpected {other}: {text}"),
-        }
-    }
+    let (acknowledged, refusal) = fill_until_refused(&proxy, "db=d&consistency=any", body).await;
     assert!(
         (2..=4).contains(&acknowledged.len()),
         "about 1000 / 280 writes fit: {}",
@@ -251,7 +244,8 @@ async fn a_full_spool_answers_503_and_never_acknowledges_without_durability() {
     assert!(
         metric(
             &metrics,
-            r#"spool_writes_total{cluster="default",result="refused"}"#
+            "spool_writes_total",
+            &[("cluster", "default"), ("result", "refused")]
         )
         .await
             >= 1.0
@@ -269,25 +263,15 @@ async fn a_full_spool_answers_503_and_never_acknowledges_without_durability() {
 }
 
 async fn eventually_status(url: &str, status: u16) {
-    let started = Instant::now();
-    loop {
-        let got = client().get(url).send().await.unwrap().status().as_u16();
-        if got == status {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{url} stayed {got}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(&format!("{url} answers {status}"), async || {
+        client().get(url).send().await.unwrap().status() == status
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn replay_sets_permanent_rejections_aside_and_goes_on() {
-    let node = Switchable::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&spool_toml(&node.upstream.url(), dir.path(), "")).await;
+    let (node, dir, proxy) = spooling_proxy("").await;
     for body in ["m v=1 1\n", "bad v=2 2\n", "m v=3 3\n"] {
         let (status, text) = write(&proxy.url(""), "db=d&rp=week&consistency=any", body).await;
         assert_eq!(status, 204, "{text}");
@@ -313,13 +297,14 @@ async fn replay_sets_permanent_rejections_aside_and_goes_on() {
     assert_eq!(
         metric(
             &metrics,
-            r#"spool_writes_total{cluster="default",result="rejected"}"#
+            "spool_writes_total",
+            &[("cluster", "default"), ("result", "rejected")]
         )
         .await,
         1.0
     );
     assert_eq!(
-        metric(&metrics, r#"spool_entries{cluster="default"}"#).await,
+        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
         0.0
     );
     proxy.stop().await;
@@ -327,28 +312,15 @@ async fn replay_sets_permanent_rejections_aside_and_goes_on() {
 
 #[tokio::test]
 async fn entries_past_max_age_move_to_rejected_and_are_counted() {
-    let node = Switchable::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&spool_toml(
-        &node.upstream.url(),
-        dir.path(),
-        "max_age = \"300ms\"",
-    ))
-    .await;
+    let (node, dir, proxy) = spooling_proxy("max_age = \"300ms\"").await;
     let (status, _) = write(&proxy.url(""), "db=d&consistency=any", "old v=1 1\n").await;
     assert_eq!(status, 204);
     let metrics = proxy.admin_url("/metrics");
-    let started = Instant::now();
-    while metric(
-        &metrics,
-        r#"spool_writes_total{cluster="default",result="expired"}"#,
-    )
-    .await
-        < 1.0
-    {
-        assert!(started.elapsed() < Duration::from_secs(10), "never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let expired = &[("cluster", "default"), ("result", "expired")];
+    wait_until("the entry expired", async || {
+        metric(&metrics, "spool_writes_total", expired).await >= 1.0
+    })
+    .await;
     let lp = files_in(&dir.path().join("default/rejected"), ".lp");
     assert_eq!(lp.len(), 1);
     let about: serde_json::Value =
@@ -421,16 +393,12 @@ async fn a_failed_mirror_copy_is_spooled_whatever_the_client_asked() {
     assert_eq!(status, 204, "{text}");
     assert_eq!(primary.delivered(), ["m v=1 1\n"]);
     let metrics = proxy.admin_url("/metrics");
-    let started = Instant::now();
-    while metric(&metrics, r#"spool_entries{cluster="backup"}"#).await < 1.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "mirror copy never spooled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the mirror copy is spooled", async || {
+        metric(&metrics, "spool_entries", &[("cluster", "backup")]).await >= 1.0
+    })
+    .await;
     assert_eq!(
-        metric(&metrics, r#"spool_entries{cluster="default"}"#).await,
+        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
         0.0
     );
     backup.set_up();
@@ -475,19 +443,7 @@ async fn a_full_disk_is_a_503_not_a_crash_and_the_spool_goes_on() {
     let toml = spool_toml(&node.upstream.url(), disk.0.path(), "ack = \"always\"");
     let proxy = Proxy::start(&toml).await;
     let big = |i: usize| format!("m,i={i} v=\"{}\" {i}\n", "x".repeat(100_000));
-    let mut acknowledged = vec![];
-    let mut refusal = None;
-    for i in 0..5 {
-        let (status, text) = write(&proxy.url(""), "db=d", big(i)).await;
-        match status {
-            204 => acknowledged.push(big(i)),
-            503 => {
-                refusal = Some(text);
-                break;
-            }
-            other => panic!("unexpected {other}: {text}"),
-        }
-    }
+    let (mut acknowledged, refusal) = fill_until_refused(&proxy, "db=d", big).await;
     let refusal = refusal.expect("a 256 KiB disk fills up");
     assert!(
         refusal.contains("could not be spooled: No space left on device"),

@@ -754,3 +754,28 @@ pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> 
         .map(|s| s.value)
         .sum()
 }
+
+/// Scrapes `url` and parses the samples.
+pub async fn scrape(url: &str) -> Vec<Sample> {
+    let text = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_metrics(&text)
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test after 30 s, naming `what`.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
