@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(args.log_format);
+    let _log_guard = init_tracing(args.log_format);
     let config = match config {
         Ok(config) => config,
         Err(errors) => {
@@ -128,15 +128,24 @@ fn hash_secret(token: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr from a background thread: a request formats its line and hands it
+/// over, and never waits on the terminal or a slow log collector. Lines are kept (not
+/// dropped) when the thread falls behind, by making the writer wait. The returned guard
+/// flushes what is queued when it is dropped, at exit.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// Resolves on SIGTERM or SIGINT; reloads the configuration on each SIGHUP.
