@@ -20,7 +20,8 @@ use support::{
 struct Switchable {
     upstream: Upstream,
     up: Arc<AtomicBool>,
-    delivered: Arc<Mutex<Vec<Bytes>>>,
+    /// URI and body of each write it accepted.
+    delivered: Arc<Mutex<Vec<(String, Bytes)>>>,
 }
 
 impl Switchable {
@@ -38,7 +39,10 @@ impl Switchable {
             if request.body.windows(3).any(|w| w == b"bad") {
                 return Reply::status(400, r#"{"error":"unable to parse 'bad': missing fields"}"#);
             }
-            accepted.lock().unwrap().push(request.body.clone());
+            accepted
+                .lock()
+                .unwrap()
+                .push((request.uri.clone(), request.body.clone()));
             Reply::ok()
         })
         .await;
@@ -53,12 +57,35 @@ impl Switchable {
         self.up.store(true, Ordering::SeqCst);
     }
 
+    /// The lines the node accepted, in order (replay may merge writes into one request).
     fn delivered(&self) -> Vec<String> {
         self.delivered
             .lock()
             .unwrap()
             .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .flat_map(|(_, b)| {
+                String::from_utf8_lossy(b)
+                    .split_inclusive('\n')
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// How many write requests the node accepted.
+    fn accepted_requests(&self) -> usize {
+        self.delivered.lock().unwrap().len()
+    }
+
+    /// Each accepted write's query and number of lines.
+    fn accepted_shapes(&self) -> Vec<(String, usize)> {
+        let delivered = self.delivered.lock().unwrap();
+        delivered
+            .iter()
+            .map(|(uri, body)| {
+                let query = uri.split_once('?').map_or("", |(_, q)| q).to_string();
+                (query, body.iter().filter(|&&b| b == b'\n').count())
+            })
             .collect()
     }
 }
@@ -169,6 +196,10 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
     eventually("all 20 replayed", || node.delivered().len() >= 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.delivered(), bodies, "replayed once each, in order");
+    assert!(
+        node.accepted_requests() < bodies.len(),
+        "small spooled writes for the same db are merged on replay"
+    );
     assert_eq!(
         metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
         0.0
@@ -198,6 +229,51 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
         "{}",
         last.uri
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn replay_merges_consecutive_writes_only_for_the_same_destination() {
+    let (node, _dir, proxy) = spooling_proxy("").await;
+    // With the node marked down, replay waits for it rather than trying (and reading) early.
+    let metrics = proxy.admin_url("/metrics");
+    wait_until("the node is marked unhealthy", async || {
+        metric(&metrics, "upstream_healthy", &[("cluster", "default")]).await == 0.0
+    })
+    .await;
+    let writes = [
+        ("db=a", "a v=1 1"), // no trailing newline: merging must not glue lines together
+        ("db=a", "a v=2 2\n"),
+        ("db=a&rp=week", "a v=3 3\n"),
+        ("db=b", "b v=4 4\n"),
+        ("db=b", "b v=5 5\n"),
+        ("db=a", "a v=6 6\n"),
+    ];
+    for (query, body) in writes {
+        let (status, text) = write(&proxy.url(""), &format!("{query}&consistency=any"), body).await;
+        assert_eq!(status, 204, "{text}");
+    }
+    node.set_up();
+    eventually("all replayed", || node.delivered().len() >= 6).await;
+    let lines = [
+        "a v=1 1\n",
+        "a v=2 2\n",
+        "a v=3 3\n",
+        "b v=4 4\n",
+        "b v=5 5\n",
+        "a v=6 6\n",
+    ];
+    assert_eq!(node.delivered(), lines);
+    let shapes = node.accepted_shapes();
+    let expected = [
+        ("db=a&precision=n&consistency=any", 2),
+        ("db=a&rp=week&precision=n&consistency=any", 1),
+        ("db=b&precision=n&consistency=any", 2),
+        ("db=a&precision=n&consistency=any", 1),
+    ];
+    let expected: Vec<(String, usize)> =
+        expected.iter().map(|(q, n)| (q.to_string(), *n)).collect();
+    assert_eq!(shapes, expected);
     proxy.stop().await;
 }
 

@@ -408,31 +408,52 @@ impl Queue {
         }
     }
 
-    /// Reads the record at `at` (blocking IO, off the async threads).
-    async fn read(&self, at: Position) -> io::Result<Result<Option<Record>, Damage>> {
+    /// Reads the records from `at` on, in order, until their bodies pass `max_body_bytes`
+    /// (at least one), the committed end, or damage (blocking IO, off the async threads).
+    /// `Err(damage)` only when the first record is damaged; later damage ends the batch
+    /// before it, to be met first next time.
+    async fn read_batch(
+        &self,
+        at: Position,
+        max_body_bytes: u64,
+    ) -> io::Result<Result<Vec<Record>, Damage>> {
         let path = segment_path(&self.dir, at.seq);
         tokio::task::spawn_blocking(move || {
             let file = File::open(path)?;
-            record::read_at(&file, at.offset, at.end)
+            let (mut records, mut offset, mut body_bytes) = (vec![], at.offset, 0);
+            while body_bytes < max_body_bytes {
+                match record::read_at(&file, offset, at.end)? {
+                    Ok(Some(record)) => {
+                        offset += record.encoded_len();
+                        body_bytes += record.body.len() as u64;
+                        records.push(record);
+                    }
+                    Ok(None) => break,
+                    Err(damage) if records.is_empty() => return Ok(Err(damage)),
+                    Err(_) => break,
+                }
+            }
+            Ok(Ok(records))
         })
         .await
-        .expect("reading a record does not panic")
+        .expect("reading records does not panic")
     }
 
-    /// The record at `at` was delivered (`Done::Replayed`) or set aside in `rejected/`.
-    async fn advance(&self, at: Position, len: u64, done: Done) {
+    /// `records` records taking `len` bytes from `at` were delivered (`Done::Replayed`) or
+    /// set aside in `rejected/`.
+    async fn advance(&self, at: Position, len: u64, records: u64, done: Done) {
         {
             let mut state = lock(&self.state);
             state.head = at.offset + len;
             state.bytes = state.bytes.saturating_sub(len);
-            state.entries = state.entries.saturating_sub(1);
+            state.entries = state.entries.saturating_sub(records);
             state.full = false;
             self.publish(&state);
         }
         match done {
-            Done::Replayed => self.replayed.inc(),
-            Done::Rejected => self.rejected.inc(),
-            Done::Expired => self.expired.inc(),
+            Done::Replayed => self.replayed.inc_by(records),
+            Done::Rejected => self.rejected.inc_by(records),
+            Done::Expired => self.expired.inc_by(records),
         }
         let dir = self.dir.clone();
         let saved =
@@ -445,8 +466,9 @@ impl Queue {
         }
     }
 
-    fn expired(&self, record: &Record) -> bool {
-        now_ms().saturating_sub(record.spooled_at_ms) > self.max_age.as_millis() as u64
+    /// Whether a write spooled at `spooled_at_ms` is past `max_age`.
+    fn expired(&self, spooled_at_ms: u64) -> bool {
+        now_ms().saturating_sub(spooled_at_ms) > self.max_age.as_millis() as u64
     }
 
     /// Stops taking writes and waits for the writer to commit what it has.

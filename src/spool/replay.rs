@@ -2,10 +2,17 @@
 //! node. A record leaves the queue only after a 2xx, or into `rejected/` (a `.lp` file with
 //! the body and a `.json` file saying where it was going and why it was set aside) when the
 //! cluster refuses it for good or it is older than `max_age`.
+//!
+//! Consecutive plain records for the same database, retention policy, precision and
+//! consistency are sent as one write of up to `MERGE_BYTES` (InfluxDB takes a few large
+//! writes far faster than many small ones, and a backlog of small writes would otherwise
+//! drain more slowly than it grew). If the cluster refuses a merged write for good, its
+//! records are sent again one by one, so only the bad ones are set aside.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 
 use super::{now_ms, write_synced, Damage, Done, Position, Queue, Record};
@@ -15,17 +22,34 @@ use crate::rewrite::WriteParams;
 use crate::upstream::retry::{self, Decision};
 use crate::upstream::{ClusterLookup, Credentials, Forward};
 
-/// Longest pause between replay attempts of one record.
+/// Longest pause between replay attempts of one write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a waiting replay looks at the cluster's health (and at `max_age`).
 const HEALTH_POLL: Duration = Duration::from_millis(500);
+/// Largest body of a merged replay write.
+const MERGE_BYTES: u64 = 1 << 20;
 
 pub async fn run(queue: Arc<Queue>, lookup: ClusterLookup) {
+    // Retriable failures in a row: the pause before reading and trying again grows with them.
+    let mut failures: u32 = 0;
     loop {
         let at = queue.next().await;
-        match queue.read(at).await {
-            Ok(Ok(Some(record))) => deliver(&queue, &lookup, at, record).await,
-            Ok(Ok(None)) => unreachable!("a position is before the end of its segment"),
+        match queue.read_batch(at, MERGE_BYTES).await {
+            Ok(Ok(records)) => match replay(&queue, &lookup, at, records).await {
+                Ok(()) => failures = 0,
+                // Read again once a node is healthy, with whatever was spooled meanwhile.
+                Err(Stalled::NoHealthyNode) => tokio::time::sleep(HEALTH_POLL).await,
+                Err(Stalled::Failed(error)) => {
+                    if failures == 0 {
+                        tracing::warn!(cluster = %queue.cluster, error = %error, "spool replay failed; backing off");
+                    }
+                    failures += 1;
+                    let ceiling = Duration::from_millis(100)
+                        .saturating_mul(1 << failures.min(10))
+                        .min(MAX_BACKOFF);
+                    tokio::time::sleep(ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+                }
+            },
             Ok(Err(damage)) => set_aside_damaged(&queue, at, damage).await,
             Err(e) => {
                 tracing::error!(cluster = %queue.cluster, segment = at.seq, offset = at.offset, error = %e, "cannot read the spool; retrying");
@@ -35,65 +59,160 @@ pub async fn run(queue: Arc<Queue>, lookup: ClusterLookup) {
     }
 }
 
-/// Delivers one record, retrying until the cluster takes it, refuses it for good, or it
-/// expires.
-async fn deliver(queue: &Queue, lookup: &ClusterLookup, at: Position, record: Record) {
-    let len = record.encoded_len();
-    let params = match WriteParams::from_v1(Some(&record.query)) {
-        Ok(params) => params,
-        Err(e) => {
-            let why = format!("unreadable spooled query: {e}");
-            return reject(queue, at, &record, Done::Rejected, None, &why).await;
-        }
+/// Replays the leading records of `records` (read from `at`): merged when they can be,
+/// else the first alone; the rest are read again next time (with whatever was spooled
+/// meanwhile). `Err` when the cluster could not be tried or a try failed retriably: nothing
+/// was advanced past that record.
+async fn replay(
+    queue: &Queue,
+    lookup: &ClusterLookup,
+    at: Position,
+    records: Vec<Record>,
+) -> Result<(), Stalled> {
+    let first = &records[0];
+    let merge = if first.gzip {
+        1
+    } else {
+        records
+            .iter()
+            .take_while(|r| !r.gzip && r.query == first.query)
+            .count()
     };
-    let request_id = HeaderValue::from_str(&format!("spool-{}-{}", at.seq, at.offset))
-        .expect("digits and dashes are a valid header");
-    let mut failures: u32 = 0;
-    loop {
-        if queue.expired(&record) {
+    if merge > 1 {
+        let group = &records[..merge];
+        let len: u64 = group.iter().map(Record::encoded_len).sum();
+        let body = join_lines(group);
+        let outcome = match WriteParams::from_v1(Some(&first.query)) {
+            Ok(params) => {
+                attempt(queue, lookup, at, &params, body, false, first.spooled_at_ms).await
+            }
+            Err(e) => Outcome::Refused(None, format!("unreadable spooled query: {e}")),
+        };
+        match outcome {
+            Outcome::Delivered => {
+                tracing::debug!(cluster = %queue.cluster, writes = merge, "spooled writes replayed as one");
+                queue.advance(at, len, merge as u64, Done::Replayed).await;
+                return Ok(());
+            }
+            Outcome::Stalled(why) => return Err(why),
+            Outcome::Refused(..) | Outcome::Expired => {
+                tracing::debug!(cluster = %queue.cluster, writes = merge, "merged replay not taken; replaying its writes one by one");
+            }
+        }
+    }
+    let mut offset = at.offset;
+    for record in records.into_iter().take(merge.max(1)) {
+        let len = record.encoded_len();
+        replay_one(queue, lookup, Position { offset, ..at }, record).await?;
+        offset += len;
+    }
+    Ok(())
+}
+
+/// The bodies one after another, each ending in a newline.
+fn join_lines(records: &[Record]) -> Bytes {
+    let size = records.iter().map(|r| r.body.len() + 1).sum();
+    let mut body = BytesMut::with_capacity(size);
+    for record in records {
+        body.extend_from_slice(&record.body);
+        if !record.body.ends_with(b"\n") {
+            body.extend_from_slice(b"\n");
+        }
+    }
+    body.freeze()
+}
+
+/// Replays one record: delivered, or set aside when refused for good or expired.
+async fn replay_one(
+    queue: &Queue,
+    lookup: &ClusterLookup,
+    at: Position,
+    record: Record,
+) -> Result<(), Stalled> {
+    let outcome = match WriteParams::from_v1(Some(&record.query)) {
+        Ok(params) => {
+            let body = record.body.clone();
+            attempt(
+                queue,
+                lookup,
+                at,
+                &params,
+                body,
+                record.gzip,
+                record.spooled_at_ms,
+            )
+            .await
+        }
+        Err(e) => Outcome::Refused(None, format!("unreadable spooled query: {e}")),
+    };
+    match outcome {
+        Outcome::Delivered => {
+            tracing::debug!(cluster = %queue.cluster, segment = at.seq, offset = at.offset, "spooled write replayed");
+            queue
+                .advance(at, record.encoded_len(), 1, Done::Replayed)
+                .await
+        }
+        Outcome::Stalled(why) => return Err(why),
+        Outcome::Refused(status, why) => {
+            reject(queue, at, &record, Done::Rejected, status, &why).await
+        }
+        Outcome::Expired => {
             let why = format!("older than spool.max_age ({:?})", queue.max_age);
-            return reject(queue, at, &record, Done::Expired, None, &why).await;
+            reject(queue, at, &record, Done::Expired, None, &why).await
         }
-        // The cluster as configured now: a reload may have changed or removed it.
-        let Some(cluster) = lookup(&queue.cluster).filter(|c| c.is_healthy()) else {
-            tokio::time::sleep(HEALTH_POLL).await;
-            continue;
-        };
-        let forward = Forward {
-            params: params.clone(),
-            body: Chunks::from(record.body.clone()),
-            gzip: record.gzip,
-            request_id: request_id.clone(),
-            credentials: Credentials::Cluster,
-        };
-        match cluster.write(forward).await {
-            Ok(accepted) => {
-                tracing::debug!(cluster = %queue.cluster, node = %accepted.node, segment = at.seq, offset = at.offset, "spooled write replayed");
-                return queue.advance(at, len, Done::Replayed).await;
-            }
-            Err(error) if matches!(retry::classify_error(&error), Decision::Retry(_)) => {
-                if failures == 0 {
-                    tracing::warn!(cluster = %queue.cluster, error = %error, "spool replay failed; backing off");
-                }
-                failures += 1;
-                let ceiling = Duration::from_millis(100)
-                    .saturating_mul(1 << failures.min(10))
-                    .min(MAX_BACKOFF);
-                tokio::time::sleep(ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-            }
-            Err(error) => {
-                let status = error.status().as_u16();
-                return reject(
-                    queue,
-                    at,
-                    &record,
-                    Done::Rejected,
-                    Some(status),
-                    &upstream_says(&error),
-                )
-                .await;
-            }
+    }
+    Ok(())
+}
+
+enum Outcome {
+    Delivered,
+    /// Not delivered, for now: try again later.
+    Stalled(Stalled),
+    /// A final answer other than 2xx: the upstream's status (if any) and message.
+    Refused(Option<u16>, String),
+    /// Spooled longer ago than `max_age`.
+    Expired,
+}
+
+/// Why replay paused.
+enum Stalled {
+    /// The cluster has no healthy node (or is no longer configured).
+    NoHealthyNode,
+    /// A retriable failure.
+    Failed(ProxyError),
+}
+
+/// One try of one write, if it has not expired and the cluster has a healthy node.
+async fn attempt(
+    queue: &Queue,
+    lookup: &ClusterLookup,
+    at: Position,
+    params: &WriteParams,
+    body: Bytes,
+    gzip: bool,
+    spooled_at_ms: u64,
+) -> Outcome {
+    if queue.expired(spooled_at_ms) {
+        return Outcome::Expired;
+    }
+    // The cluster as configured now: a reload may have changed or removed it.
+    let Some(cluster) = lookup(&queue.cluster).filter(|c| c.is_healthy()) else {
+        return Outcome::Stalled(Stalled::NoHealthyNode);
+    };
+    let forward = Forward {
+        params: params.clone(),
+        body: Chunks::from(body),
+        gzip,
+        request_id: HeaderValue::from_str(&format!("spool-{}-{}", at.seq, at.offset))
+            .expect("digits and dashes are a valid header"),
+        credentials: Credentials::Cluster,
+    };
+    match cluster.write(forward).await {
+        Ok(_) => Outcome::Delivered,
+        Err(error) if matches!(retry::classify_error(&error), Decision::Retry(_)) => {
+            Outcome::Stalled(Stalled::Failed(error))
         }
+        Err(error) => Outcome::Refused(Some(error.status().as_u16()), upstream_says(&error)),
     }
 }
 
@@ -167,7 +286,7 @@ async fn reject(
         kept_as = %dir.join(&body_name).display(),
         "spooled write set aside in rejected/"
     );
-    queue.advance(at, record.encoded_len(), done).await;
+    queue.advance(at, record.encoded_len(), 1, done).await;
 }
 
 /// Committed bytes that do not read back as a record: the disk changed under us. Keep them,
@@ -185,5 +304,7 @@ async fn set_aside_damaged(queue: &Queue, at: Position, damage: Damage) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     }
-    queue.advance(at, at.end - at.offset, Done::Rejected).await;
+    queue
+        .advance(at, at.end - at.offset, 1, Done::Rejected)
+        .await;
 }
