@@ -348,6 +348,12 @@ impl Queue {
         self.committed.notify_one();
     }
 
+    /// Whether replay has reached `len` in segment `seq`.
+    fn replayed_to(&self, seq: u64, len: u64) -> bool {
+        let state = lock(&self.state);
+        state.segments.front().is_some_and(|s| s.seq == seq) && state.head >= len
+    }
+
     fn started_segment(&self, seq: u64) {
         let mut state = lock(&self.state);
         if let Some(last) = state.segments.back_mut() {
@@ -530,7 +536,12 @@ impl Writer {
     /// Appends the batch and fsyncs it. On failure the segment is cut back to where the batch
     /// began, so no segment holds a partial record before intact ones.
     fn write(&mut self, batch: &[Append]) -> io::Result<()> {
-        if self.file.is_none() || self.len >= SEGMENT_BYTES {
+        // A full segment, or one replay has emptied (so its file can go now rather than
+        // when it fills up), is followed by a new one.
+        if self.file.is_none()
+            || self.len >= SEGMENT_BYTES
+            || (self.len > 0 && self.queue.replayed_to(self.seq, self.len))
+        {
             self.rotate()?;
         }
         let file = self.file.as_mut().expect("a segment is open");
