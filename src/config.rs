@@ -48,7 +48,10 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub max_decoded_body_bytes: u64,
     pub max_inflight_bytes: u64,
+    /// From a request head's first byte (or the connection's start) to its end.
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1.1 connection may sit idle between requests.
+    pub keepalive_timeout: Duration,
     pub body_read_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -232,6 +235,10 @@ impl Config {
                 a.header_read_timeout != b.header_read_timeout,
             ),
             (
+                "server.keepalive_timeout",
+                a.keepalive_timeout != b.keepalive_timeout,
+            ),
+            (
                 "server.max_inflight_bytes",
                 a.max_inflight_bytes != b.max_inflight_bytes,
             ),
@@ -374,6 +381,7 @@ struct RawServer {
     max_decoded_body_bytes: Option<RawSize>,
     max_inflight_bytes: Option<RawSize>,
     header_read_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
     body_read_timeout: Option<String>,
     request_timeout: Option<String>,
     shutdown_grace: Option<String>,
@@ -588,6 +596,11 @@ impl RawConfig {
                 "server.header_read_timeout",
                 s.header_read_timeout.as_deref(),
                 Duration::from_secs(10),
+            ),
+            keepalive_timeout: c.duration(
+                "server.keepalive_timeout",
+                s.keepalive_timeout.as_deref(),
+                Duration::from_secs(75),
             ),
             body_read_timeout: c.duration(
                 "server.body_read_timeout",

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod handler;
 pub mod limit;

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 use crate::auth::PeerAddr;
 use crate::config::Config;
+use crate::deadline::{Conn, Tracked, Watched};
 use crate::error::BoxError;
 use crate::handler::{Role, Shared};
 use crate::stack;
@@ -88,6 +89,10 @@ impl Bound {
             tls,
         } = self;
         let startup = shared.generation();
+        let timeouts = (
+            startup.config.server.header_read_timeout,
+            startup.config.server.keepalive_timeout,
+        );
         let (stop_main, main_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let with_admin = admin.is_none();
@@ -101,16 +106,18 @@ impl Bound {
         let main_task = tokio::spawn(accept_loop(
             main,
             stack::build(shared.clone(), Role::Main { with_admin }),
-            builder(&startup.config),
+            builder(),
             tls,
+            timeouts,
             main_stopped,
         ));
         let admin_task = admin.map(|listener| {
             tokio::spawn(accept_loop(
                 listener,
                 stack::build(shared.clone(), Role::Admin),
-                builder(&startup.config),
+                builder(),
                 None,
+                timeouts,
                 admin_stopped,
             ))
         });
@@ -161,12 +168,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BoxError> {
         .map_err(|e| format!("cannot listen on {addr}: {e}").into())
 }
 
-fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
+        // Head and keep-alive deadlines are ours (`deadline.rs`): hyper's header timer also
+        // runs while a connection is idle.
+        .header_read_timeout(None)
         // Line-protocol clients send a handful of headers; 100 is plenty and bounds parsing.
         .max_headers(100)
         .keep_alive(true)
@@ -236,6 +245,7 @@ async fn accept_loop(
     service: stack::Stack,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<Acceptor>>,
+    (head_timeout, idle_timeout): (Duration, Duration),
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
@@ -259,17 +269,13 @@ async fn accept_loop(
                 request
             },
         );
-        let service = TowerToHyperService::new(service);
         let Some(tls) = tls.clone() else {
+            let conn = Conn::new(head_timeout, idle_timeout);
+            let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
                 .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            tokio::spawn(serve(peer, conn, graceful.watch(connection)));
             continue;
         };
         // The handshake runs in the connection's own task, so a slow client cannot hold up
@@ -283,13 +289,33 @@ async fn accept_loop(
                     return;
                 }
             };
+            // The head deadline starts once the handshake is done (it has its own).
+            let conn = Conn::new(head_timeout, idle_timeout);
+            let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve(peer, conn, watcher.watch(connection)).await;
         });
     }
     graceful
+}
+
+/// Runs a connection until it ends or waits past one of its deadlines; dropping it then
+/// closes the socket.
+async fn serve<E: std::fmt::Display>(
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    connection: impl Future<Output = Result<(), E>>,
+) {
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        why = conn.expired() => {
+            tracing::debug!(%peer, ?why, "closing connection: deadline passed");
+        }
+    }
 }

@@ -1,0 +1,375 @@
+//! Per-connection deadlines for HTTP/1.1, kept apart: a request head must arrive within
+//! `header_read_timeout` of its first byte (or of the connection opening), which stops
+//! slowloris clients; and a keep-alive connection may sit idle between requests for
+//! `keepalive_timeout`. hyper's own header timer also runs while a connection is idle, so
+//! clients that reuse connections on a schedule close to it (Telegraf flushes every 10 s,
+//! the SPEC's default timeout is 10 s) would have them closed just as a write goes out.
+//!
+//! Three parts share one [`Conn`] state: the [`Watched`] IO wrapper notes when bytes of a new
+//! request arrive (and recognises HTTP/2's preface, whose connections are left alone: streams
+//! multiplex, and h2 has its own pings and header limits); the [`Tracked`] service notes when
+//! a request is being served and when it has been answered; and [`Conn::expired`], raced
+//! against the connection by the accept loop, resolves when a deadline passes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The first bytes of an HTTP/2 connection; no HTTP/1.1 method starts with them.
+const H2_PREFIX: &[u8] = b"PRI";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests (or before the first): waiting for a head to start.
+    Waiting,
+    /// Part of a request head has arrived.
+    Head,
+    /// Requests are being served: body and request timeouts apply, not ours.
+    Serving,
+    /// HTTP/2: no deadlines of ours.
+    Off,
+}
+
+/// Why [`Conn::expired`] resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No request head started within `keepalive_timeout` after the last answer.
+    Idle,
+    /// A request head (or the first one) did not complete within `header_read_timeout`.
+    Head,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    deadline: Instant,
+    /// Requests being served.
+    serving: usize,
+    /// A request has been answered on this connection (so waiting is keep-alive idling).
+    answered: bool,
+    /// The connection's first bytes, until there are enough to tell HTTP/2 from HTTP/1.1.
+    first: Vec<u8>,
+}
+
+/// One connection's deadlines.
+#[derive(Debug)]
+pub struct Conn {
+    state: Mutex<State>,
+    /// Arriving bytes change nothing (mid-head, serving, or HTTP/2, and the protocol is
+    /// known): body reads skip the lock.
+    quiet: AtomicBool,
+    changed: Notify,
+    head_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Conn {
+    /// A new connection: its first request head must arrive within `head_timeout`.
+    pub fn new(head_timeout: Duration, idle_timeout: Duration) -> Arc<Conn> {
+        Arc::new(Conn {
+            state: Mutex::new(State {
+                phase: Phase::Waiting,
+                deadline: Instant::now() + head_timeout,
+                serving: 0,
+                answered: false,
+                first: Vec::with_capacity(H2_PREFIX.len()),
+            }),
+            quiet: AtomicBool::new(false),
+            changed: Notify::new(),
+            head_timeout,
+            idle_timeout,
+        })
+    }
+
+    /// Keeps `quiet` in step with `state` (called with the lock held).
+    fn settle(&self, state: &State) {
+        let quiet = state.phase != Phase::Waiting && state.first.len() == H2_PREFIX.len();
+        self.quiet.store(quiet, Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// Bytes arrived from the client.
+    fn received(&self, bytes: &[u8]) {
+        if self.quiet.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        if state.first.len() < H2_PREFIX.len() {
+            let wanted = H2_PREFIX.len() - state.first.len();
+            state
+                .first
+                .extend_from_slice(&bytes[..bytes.len().min(wanted)]);
+            if state.first == H2_PREFIX {
+                state.phase = Phase::Off;
+                self.settle(&state);
+                drop(state);
+                self.changed.notify_one();
+                return;
+            }
+        }
+        if state.phase == Phase::Waiting {
+            state.phase = Phase::Head;
+            state.deadline = Instant::now() + self.head_timeout;
+        }
+        self.settle(&state);
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// A request is being served until the returned guard is dropped (when it is answered).
+    pub fn serving(self: &Arc<Self>) -> Serving {
+        let mut state = self.lock();
+        state.serving += 1;
+        if state.phase != Phase::Off {
+            state.phase = Phase::Serving;
+        }
+        self.settle(&state);
+        Serving(self.clone())
+    }
+
+    fn answered(&self) {
+        let mut state = self.lock();
+        state.serving -= 1;
+        state.answered = true;
+        if state.serving == 0 && state.phase == Phase::Serving {
+            state.phase = Phase::Waiting;
+            state.deadline = Instant::now() + self.idle_timeout;
+            self.settle(&state);
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when the connection has waited past a deadline; never for HTTP/2.
+    pub async fn expired(&self) -> Expired {
+        loop {
+            let changed = self.changed.notified();
+            let (phase, deadline, answered) = {
+                let state = self.lock();
+                (state.phase, state.deadline, state.answered)
+            };
+            match phase {
+                Phase::Waiting | Phase::Head if Instant::now() >= deadline => {
+                    return if phase == Phase::Waiting && answered {
+                        Expired::Idle
+                    } else {
+                        Expired::Head
+                    };
+                }
+                Phase::Waiting | Phase::Head => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = changed => {}
+                    }
+                }
+                Phase::Serving | Phase::Off => changed.await,
+            }
+        }
+    }
+}
+
+/// Counts one request as being served until dropped.
+pub struct Serving(Arc<Conn>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
+/// A connection's IO, telling its [`Conn`] when bytes arrive.
+pub struct Watched<T> {
+    io: T,
+    conn: Arc<Conn>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(io: T, conn: Arc<Conn>) -> Self {
+        Self { io, conn }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let filled = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > filled {
+            this.conn.received(&buf.filled()[filled..]);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A connection's service, telling its [`Conn`] when requests are served and answered.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    conn: Arc<Conn>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, conn: Arc<Conn>) -> Self {
+        Self { inner, conn }
+    }
+}
+
+impl<S, R> tower::Service<R> for Tracked<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let serving = self.conn.serving();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            drop(serving);
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(75);
+
+    async fn expires_after(conn: &Conn) -> (Expired, Duration) {
+        let started = Instant::now();
+        let why = conn.expired().await;
+        (why, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_expires_after_the_head_timeout() {
+        let conn = Conn::new(HEAD, IDLE);
+        assert_eq!(expires_after(&conn).await, (Expired::Head, HEAD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_connection_idles_for_the_keepalive_timeout_not_the_head_timeout() {
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(b"POST /write HTTP/1.1\r\n");
+        drop(conn.serving());
+        assert_eq!(conn.phase(), Phase::Waiting);
+        assert_eq!(expires_after(&conn).await, (Expired::Idle, IDLE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_head_deadline_runs_from_the_first_byte_of_the_next_request() {
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(b"GET /ping HTTP/1.1\r\n\r\n");
+        drop(conn.serving());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        conn.received(b"P");
+        conn.received(b"O");
+        assert_eq!(conn.phase(), Phase::Head);
+        assert_eq!(expires_after(&conn).await, (Expired::Head, HEAD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn serving_suspends_the_deadlines() {
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(b"POST /write HTTP/1.1\r\n");
+        let serving = conn.serving();
+        let waiting = {
+            let conn = conn.clone();
+            tokio::spawn(async move { expires_after(&conn).await })
+        };
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "no deadline while a request is served"
+        );
+        drop(serving);
+        assert_eq!(waiting.await.unwrap().0, Expired::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_connections_have_no_deadlines_even_when_the_preface_arrives_in_pieces() {
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(b"P");
+        conn.received(b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(conn.phase(), Phase::Off);
+        let waiting = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.expired().await })
+        };
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!waiting.is_finished());
+        // A request on it does not bring deadlines back.
+        drop(conn.serving());
+        assert_eq!(conn.phase(), Phase::Off);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http1_methods_starting_with_p_are_not_taken_for_http2() {
+        for method in [&b"POST"[..], b"PUT", b"PATCH"] {
+            let conn = Conn::new(HEAD, IDLE);
+            for byte in method {
+                conn.received(std::slice::from_ref(byte));
+            }
+            assert_eq!(conn.phase(), Phase::Head, "{method:?}");
+        }
+    }
+}
