@@ -1036,6 +1036,8 @@ mod tests {
         assert_eq!(config.server.max_body_bytes, 25_000_000);
         assert_eq!(config.server.max_inflight_bytes, 512 << 20);
         assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.keepalive_timeout, Duration::from_secs(75));
         assert_eq!(config.auth.mode, AuthMode::None);
         assert_eq!(config.clusters[0].timeout, Duration::from_secs(10));
         assert_eq!(config.server.worker_threads, None);
