@@ -34,14 +34,20 @@ fn tls_toml(dir: &Path, node: &str, extra_tls: &str) -> String {
     )
 }
 
-/// A TLS-terminating proxy with a certificate for localhost (expiring 2031) from a fresh CA,
+/// A TLS-terminating proxy serving `leaf` (from `tls.crt` / `tls.key` in a fresh directory),
 /// in front of an upstream that answers 204.
-async fn tls_proxy() -> (Upstream, Ca, tempfile::TempDir, Proxy) {
+async fn tls_proxy_serving(leaf: &Leaf) -> (Upstream, tempfile::TempDir, Proxy) {
     let upstream = Upstream::start(|_| Reply::ok()).await;
-    let ca = Ca::new("test CA");
     let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), &ca.leaf("proxy", 2031));
+    write_files(dir.path(), leaf);
     let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
+    (upstream, dir, proxy)
+}
+
+/// `tls_proxy_serving` a localhost certificate (expiring 2031) from a fresh CA.
+async fn tls_proxy() -> (Upstream, Ca, tempfile::TempDir, Proxy) {
+    let ca = Ca::new("test CA");
+    let (upstream, dir, proxy) = tls_proxy_serving(&ca.leaf("proxy", 2031)).await;
     (upstream, ca, dir, proxy)
 }
 
@@ -162,12 +168,9 @@ async fn plaintext_and_garbage_on_the_tls_port_are_closed_cleanly() {
 
 #[tokio::test]
 async fn a_rotated_certificate_is_served_without_restart() {
-    let upstream = Upstream::start(|_| Reply::ok()).await;
     let ca = Ca::new("test CA");
-    let dir = tempfile::tempdir().unwrap();
     let (old, new) = (ca.leaf("old", 2031), ca.leaf("new", 2033));
-    write_files(dir.path(), &old);
-    let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
+    let (_upstream, dir, proxy) = tls_proxy_serving(&old).await;
     assert_eq!(
         served_certificate(proxy.addr, &ca).await.unwrap(),
         der(&old)
@@ -224,12 +227,9 @@ async fn a_rotated_certificate_is_served_without_restart() {
 
 #[tokio::test]
 async fn a_broken_new_certificate_keeps_the_previous_one_serving() {
-    let upstream = Upstream::start(|_| Reply::ok()).await;
     let ca = Ca::new("test CA");
-    let dir = tempfile::tempdir().unwrap();
     let good = ca.leaf("good", 2031);
-    write_files(dir.path(), &good);
-    let proxy = Proxy::start(&tls_toml(dir.path(), &upstream.url(), "")).await;
+    let (_upstream, dir, proxy) = tls_proxy_serving(&good).await;
     let metrics = proxy.admin_url("/metrics");
 
     // Half a rotation (a new certificate whose key has not arrived yet), then garbage.

@@ -138,6 +138,15 @@ async fn fill_until_refused(
     (acknowledged, None)
 }
 
+/// The labels of the default cluster's spool series.
+const DEFAULT: &[(&str, &str)] = &[("cluster", "default")];
+
+/// `spool_writes_total{cluster="default",result}`.
+async fn spool_writes(admin_url: &str, result: &str) -> f64 {
+    let labels = [("cluster", "default"), ("result", result)];
+    metric(admin_url, "spool_writes_total", &labels).await
+}
+
 /// The value of the sample `name` (without the prefix) with exactly these labels.
 async fn metric(admin_url: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let samples = support::scrape(admin_url).await;
@@ -170,20 +179,9 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
     // Without consistency=any (ack = "consistency-any"), the client hears the truth.
     let (status, text) = write(&proxy.url(""), "db=d", "m,i=refused v=0 99\n").await;
     assert_eq!(status, 503, "{text}");
-    assert_eq!(
-        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
-        20.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "spool_writes_total",
-            &[("cluster", "default"), ("result", "spooled")]
-        )
-        .await,
-        20.0
-    );
-    assert!(metric(&metrics, "spool_bytes", &[("cluster", "default")]).await > 20.0 * 16.0);
+    assert_eq!(metric(&metrics, "spool_entries", DEFAULT).await, 20.0);
+    assert_eq!(spool_writes(&metrics, "spooled").await, 20.0);
+    assert!(metric(&metrics, "spool_bytes", DEFAULT).await > 20.0 * 16.0);
     // The cluster is down but the spool takes writes: still ready.
     let ready = client()
         .get(proxy.admin_url("/ready"))
@@ -200,23 +198,9 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
         node.accepted_requests() < bodies.len(),
         "small spooled writes for the same db are merged on replay"
     );
-    assert_eq!(
-        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
-        0.0
-    );
-    assert_eq!(
-        metric(&metrics, "spool_bytes", &[("cluster", "default")]).await,
-        0.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "spool_writes_total",
-            &[("cluster", "default"), ("result", "replayed")]
-        )
-        .await,
-        20.0
-    );
+    assert_eq!(metric(&metrics, "spool_entries", DEFAULT).await, 0.0);
+    assert_eq!(metric(&metrics, "spool_bytes", DEFAULT).await, 0.0);
+    assert_eq!(spool_writes(&metrics, "replayed").await, 20.0);
     // Replayed writes went with the original query.
     let replayed = node.upstream.received();
     let last = replayed
@@ -292,10 +276,7 @@ async fn ack_always_spools_unavailability_but_never_a_rejection() {
     let (status, text) = write(&proxy.url(""), "db=d", "m v=1 1\n").await;
     assert_eq!(status, 204, "ack = always: {text}");
     let metrics = proxy.admin_url("/metrics");
-    assert_eq!(
-        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
-        1.0
-    );
+    assert_eq!(metric(&metrics, "spool_entries", DEFAULT).await, 1.0);
     node.set_up();
     eventually("replayed", || node.delivered() == ["m v=1 1\n"]).await;
     proxy.stop().await;
@@ -317,15 +298,7 @@ async fn a_full_spool_answers_503_and_never_acknowledges_without_durability() {
         "{refusal}"
     );
     let metrics = proxy.admin_url("/metrics");
-    assert!(
-        metric(
-            &metrics,
-            "spool_writes_total",
-            &[("cluster", "default"), ("result", "refused")]
-        )
-        .await
-            >= 1.0
-    );
+    assert!(spool_writes(&metrics, "refused").await >= 1.0);
     // Down and unable to spool: not ready.
     eventually_status(&proxy.admin_url("/ready"), 503).await;
 
@@ -370,19 +343,8 @@ async fn replay_sets_permanent_rejections_aside_and_goes_on() {
     assert_eq!(about["rp"], "week");
     assert!(about["query"].as_str().unwrap().contains("consistency=any"));
     let metrics = proxy.admin_url("/metrics");
-    assert_eq!(
-        metric(
-            &metrics,
-            "spool_writes_total",
-            &[("cluster", "default"), ("result", "rejected")]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
-        0.0
-    );
+    assert_eq!(spool_writes(&metrics, "rejected").await, 1.0);
+    assert_eq!(metric(&metrics, "spool_entries", DEFAULT).await, 0.0);
     proxy.stop().await;
 }
 
@@ -473,10 +435,7 @@ async fn a_failed_mirror_copy_is_spooled_whatever_the_client_asked() {
         metric(&metrics, "spool_entries", &[("cluster", "backup")]).await >= 1.0
     })
     .await;
-    assert_eq!(
-        metric(&metrics, "spool_entries", &[("cluster", "default")]).await,
-        0.0
-    );
+    assert_eq!(metric(&metrics, "spool_entries", DEFAULT).await, 0.0);
     backup.set_up();
     eventually("the mirror copy replayed", || {
         backup.delivered() == ["m v=1 1\n"]
