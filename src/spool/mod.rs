@@ -5,7 +5,8 @@
 //! Per cluster there is one writer thread and one replay task. Writers hand their records to
 //! the thread, which writes everything that queued up meanwhile and fsyncs once for the lot
 //! (group commit), then answers each. The replay task reads records only up to what has been
-//! fsynced, delivers them one by one, and records its progress in `cursor` (`<segment>
+//! fsynced, delivers them in order (consecutive small writes for the same destination merged
+//! into one, see `replay.rs`), and records its progress in `cursor` (`<segment>
 //! <offset>`, replaced by rename, not fsynced: after a crash a few records may be delivered
 //! twice, which is harmless because every point was stamped with a timestamp before it was
 //! spooled, so a second delivery overwrites the same point with the same values). Segments
@@ -108,7 +109,7 @@ impl Spool {
         lock(&self.queues).get(cluster).cloned()
     }
 
-    /// Whether a write that failed with `error` is answered 204 once spooled.
+    /// Whether a write with these parameters is answered 204 once spooled (`spool.ack`).
     pub fn acknowledges(&self, params: &WriteParams) -> bool {
         self.config.ack == SpoolAck::Always || params.consistency.as_deref() == Some("any")
     }
@@ -414,10 +415,11 @@ impl Queue {
         }
     }
 
-    /// Reads the records from `at` on, in order, until their bodies pass `max_body_bytes`
-    /// (at least one), the committed end, or damage (blocking IO, off the async threads).
-    /// `Err(damage)` only when the first record is damaged; later damage ends the batch
-    /// before it, to be met first next time.
+    /// Reads the records from `at` on that can go upstream as one write with the first
+    /// (`Record::merges_with`), until their bodies pass `max_body_bytes` (at least one), the
+    /// committed end, or damage (blocking IO, off the async threads). `Err(damage)` only when
+    /// the first record is damaged; later damage ends the batch before it, to be met first
+    /// next time.
     async fn read_batch(
         &self,
         at: Position,
@@ -426,9 +428,15 @@ impl Queue {
         let path = segment_path(&self.dir, at.seq);
         tokio::task::spawn_blocking(move || {
             let file = File::open(path)?;
-            let (mut records, mut offset, mut body_bytes) = (vec![], at.offset, 0);
+            let mut records: Vec<Record> = vec![];
+            let (mut offset, mut body_bytes) = (at.offset, 0);
             while body_bytes < max_body_bytes {
                 match record::read_at(&file, offset, at.end)? {
+                    Ok(Some(record))
+                        if records.first().is_some_and(|f| !f.merges_with(&record)) =>
+                    {
+                        break
+                    }
                     Ok(Some(record)) => {
                         offset += record.encoded_len();
                         body_bytes += record.body.len() as u64;

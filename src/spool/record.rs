@@ -49,6 +49,12 @@ impl Damage {
 }
 
 impl Record {
+    /// Whether `next` can be sent upstream in one write with this record: both plain (not
+    /// gzip) and for the same query (db, rp, precision, consistency).
+    pub fn merges_with(&self, next: &Record) -> bool {
+        !self.gzip && !next.gzip && self.query == next.query
+    }
+
     /// Bytes the record takes on disk.
     pub fn encoded_len(&self) -> u64 {
         HEADER + (META + self.query.len() + self.body.len()) as u64

@@ -59,10 +59,10 @@ pub async fn run(queue: Arc<Queue>, lookup: ClusterLookup) {
     }
 }
 
-/// Replays the leading records of `records` (read from `at`): merged when they can be,
-/// else the first alone; the rest are read again next time (with whatever was spooled
-/// meanwhile). `Err` when the cluster could not be tried or a try failed retriably: nothing
-/// was advanced past that record.
+/// Replays `records` (read from `at`, each mergeable with the first): as one write when
+/// there are several, else the one alone. `Err` when the cluster could not be tried or a try
+/// failed retriably: nothing was advanced past that record, and the records are read again
+/// next time (with whatever was spooled meanwhile).
 async fn replay(
     queue: &Queue,
     lookup: &ClusterLookup,
@@ -70,18 +70,10 @@ async fn replay(
     records: Vec<Record>,
 ) -> Result<(), Stalled> {
     let first = &records[0];
-    let merge = if first.gzip {
-        1
-    } else {
-        records
-            .iter()
-            .take_while(|r| !r.gzip && r.query == first.query)
-            .count()
-    };
+    let merge = records.len();
     if merge > 1 {
-        let group = &records[..merge];
-        let len: u64 = group.iter().map(Record::encoded_len).sum();
-        let body = join_lines(group);
+        let len: u64 = records.iter().map(Record::encoded_len).sum();
+        let body = join_lines(&records);
         let outcome = match WriteParams::from_v1(Some(&first.query)) {
             Ok(params) => {
                 attempt(queue, lookup, at, &params, body, false, first.spooled_at_ms).await
@@ -101,7 +93,7 @@ async fn replay(
         }
     }
     let mut offset = at.offset;
-    for record in records.into_iter().take(merge.max(1)) {
+    for record in records {
         let len = record.encoded_len();
         replay_one(queue, lookup, Position { offset, ..at }, record).await?;
         offset += len;
