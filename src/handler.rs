@@ -358,10 +358,7 @@ async fn write(
         let (forward, timeout) = (forward.clone(), server.request_timeout);
         let shared = shared.clone();
         shared.clone().background.spawn(async move {
-            let result = tokio::time::timeout(timeout, mirror.write(forward.clone()))
-                .await
-                .unwrap_or(Err(ProxyError::RequestTimeout));
-            if let Err(error) = result {
+            if let Err(error) = mirror.write_within(timeout, forward.clone()).await {
                 mirror.mirror_failed(&error);
                 // A mirror's copy is spooled whatever the client asked for: the client was
                 // answered by the primary.
@@ -411,9 +408,7 @@ async fn deliver(
         .as_ref()
         .filter(|s| s.acknowledges(&forward.params));
     let Some(spool) = spool else {
-        return tokio::time::timeout(timeout, cluster.write(forward))
-            .await
-            .unwrap_or(Err(ProxyError::RequestTimeout));
+        return cluster.write_within(timeout, forward).await;
     };
     // While the cluster is down and writes already wait in the spool, newer writes queue
     // behind them rather than overtake them.
@@ -422,10 +417,7 @@ async fn deliver(
         spool.append(&cluster.name, &forward).await?;
         return Ok(Accepted::spooled());
     }
-    let result = tokio::time::timeout(timeout, cluster.write(forward.clone()))
-        .await
-        .unwrap_or(Err(ProxyError::RequestTimeout));
-    match result {
+    match cluster.write_within(timeout, forward.clone()).await {
         Err(error) if spool::may_spool(&error) => {
             tracing::debug!(cluster = %cluster.name, error = %error, "cluster could not take the write; spooling it");
             spool.append(&cluster.name, &forward).await?;

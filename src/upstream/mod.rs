@@ -247,6 +247,17 @@ impl Cluster {
             .observe(took.as_secs_f64());
     }
 
+    /// `write` within `timeout` for all its tries together (the request's `request_timeout`).
+    pub async fn write_within(
+        &self,
+        timeout: Duration,
+        forward: Forward,
+    ) -> Result<Accepted, ProxyError> {
+        tokio::time::timeout(timeout, self.write(forward))
+            .await
+            .unwrap_or(Err(ProxyError::RequestTimeout))
+    }
+
     /// Delivers the write, retrying as `retry::classify` allows.
     pub async fn write(&self, forward: Forward) -> Result<Accepted, ProxyError> {
         self.budget.deposit();
