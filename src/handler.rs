@@ -193,7 +193,7 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
         ("/write" | "/api/v2/write", &Method::POST) => {
             write(&shared, &generation, api, request, &mut details).await
         }
-        ("/query", &Method::GET | &Method::POST) => query(&shared, request).await,
+        ("/query", &Method::GET | &Method::POST) => query(&shared, &generation, request).await,
         ("/ping", _) if get => Ok(ping(&request)),
         ("/health", _) if get => Ok(health(&generation)),
         ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
@@ -472,19 +472,23 @@ fn ping(request: &Request<Incoming>) -> Resp {
 }
 
 fn health(generation: &Generation) -> Resp {
-    let mut clusters: Vec<_> = generation.upstreams.iter().collect();
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut clusters: Vec<(&str, bool)> = generation
+        .upstreams
+        .iter()
+        .map(|c| (c.name.as_str(), c.is_healthy()))
+        .collect();
+    clusters.sort_unstable();
     let checks: Vec<_> = clusters
         .iter()
-        .map(|c| {
-            let status = if c.is_healthy() { "pass" } else { "fail" };
-            serde_json::json!({ "name": format!("cluster {}", c.name), "status": status })
+        .map(|(name, healthy)| {
+            let status = if *healthy { "pass" } else { "fail" };
+            serde_json::json!({ "name": format!("cluster {name}"), "status": status })
         })
         .collect();
     let failing: Vec<&str> = clusters
         .iter()
-        .filter(|c| !c.is_healthy())
-        .map(|c| c.name.as_str())
+        .filter(|(_, healthy)| !healthy)
+        .map(|(name, _)| *name)
         .collect();
     let (status, message) = if failing.is_empty() {
         ("pass", "ready for writes".to_string())
@@ -560,7 +564,11 @@ fn metrics(shared: &Shared, generation: &Generation) -> Resp {
 
 /// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching
 /// the cluster (databases are an operator's business). Any other query is refused.
-async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, ProxyError> {
+async fn query(
+    shared: &Shared,
+    generation: &Generation,
+    request: Request<Incoming>,
+) -> Result<Resp, ProxyError> {
     let principal = request.extensions().get::<Arc<Principal>>().cloned();
     let mut q = Query::parse(request.uri().query())?
         .get("q")
@@ -571,7 +579,6 @@ async fn query(shared: &Shared, request: Request<Incoming>) -> Result<Resp, Prox
     });
     if form {
         let mut reservation = shared.inflight.reserve();
-        let generation = shared.generation();
         let server = &generation.config.server;
         let body = body::read(
             request.into_body(),
