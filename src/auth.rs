@@ -429,10 +429,7 @@ where
             match auth.authenticate(presented).await {
                 Ok(principal) => {
                     if let Err(limited) = principal.limits.check_request(&principal.name) {
-                        metrics
-                            .rate_limited
-                            .with_label_values(&[principal.name.as_str()])
-                            .inc();
+                        metrics.count_refusal(&limited);
                         return Ok(limited.into_response(api, realm));
                     }
                     request.extensions_mut().insert(principal);

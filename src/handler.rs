@@ -202,20 +202,7 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
         _ => Err(ProxyError::MethodNotAllowed),
     };
     let mut response = result.unwrap_or_else(|e| {
-        if matches!(e, ProxyError::Forbidden { .. }) {
-            shared
-                .metrics
-                .auth_failures
-                .with_label_values(&["forbidden"])
-                .inc();
-        }
-        if let ProxyError::RateLimited { principal, .. } = &e {
-            shared
-                .metrics
-                .rate_limited
-                .with_label_values(&[principal.as_str()])
-                .inc();
-        }
+        shared.metrics.count_refusal(&e);
         e.into_response(api, &generation.config.server.realm)
     });
     if !details.db.is_empty() {

@@ -20,6 +20,8 @@ use prometheus::{
 };
 use tower::{Layer, Service};
 
+use crate::error::ProxyError;
+
 pub const PREFIX: &str = "influx_write_proxy";
 
 /// Seconds: sub-millisecond forwards on loopback up to slow retried writes and timeouts.
@@ -198,6 +200,23 @@ impl Metrics {
                 &["result"],
             ),
             registry: r,
+        }
+    }
+
+    /// Counts what an error says about the client: a database it may not write
+    /// (`auth_failures_total{reason="forbidden"}`), a principal over its rate
+    /// (`rate_limited_total`). 401s are counted where it is known whether credentials were
+    /// missing or invalid.
+    pub fn count_refusal(&self, error: &ProxyError) {
+        match error {
+            ProxyError::Forbidden { .. } => {
+                self.auth_failures.with_label_values(&["forbidden"]).inc()
+            }
+            ProxyError::RateLimited { principal, .. } => self
+                .rate_limited
+                .with_label_values(&[principal.as_str()])
+                .inc(),
+            _ => {}
         }
     }
 
