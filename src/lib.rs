@@ -20,4 +20,4 @@ pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
-pub use server::{run, Bound};
+pub use server::Bound;

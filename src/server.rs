@@ -157,11 +157,6 @@ impl Bound {
     }
 }
 
-/// Runs the proxy with `config` until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-    Bound::bind(config).await?.serve(shutdown).await
-}
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BoxError> {
     TcpListener::bind(addr)
         .await
