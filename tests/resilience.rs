@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    client, expect_error, raw_upstream, refused_url, OwnInfluxd, Proxy, Raw, Reply, Upstream,
+    client, expect_error, metric_value, raw_upstream, refused_url, OwnInfluxd, Proxy, Raw, Reply,
+    Upstream,
 };
 
 /// A cluster of `nodes` with fast retries (unless `cluster_extra` sets its own) and the
@@ -314,6 +315,16 @@ async fn mirrors_get_every_write_without_delaying_or_failing_the_client() {
         "the mirror retries within its own policy"
     );
     assert_eq!(backup.received()[0].body, primary.received()[0].body);
+    let samples = support::scrape(&proxy.url("/metrics")).await;
+    let failures = "influx_write_proxy_mirror_failures_total";
+    assert_eq!(
+        metric_value(&samples, failures, &[("cluster", "broken")]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&samples, failures, &[("cluster", "backup")]),
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ pub mod node;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,8 +130,6 @@ pub struct Cluster {
     /// Retries may add at most 20 % to recent requests (3 a second at least), so a sick
     /// cluster is not hit by a retry storm.
     budget: TpsBudget,
-    /// Deliveries to this cluster as a mirror that failed (logged, never told the client).
-    pub mirror_failures: AtomicU64,
     client: HttpClient,
 }
 
@@ -206,7 +203,6 @@ impl Cluster {
             retry_backoff: config.retry_backoff,
             health_check_interval: config.health_check_interval,
             budget: TpsBudget::new(Duration::from_secs(10), 3, 0.2),
-            mirror_failures: AtomicU64::new(0),
             client,
         }
     }
@@ -409,7 +405,6 @@ impl Cluster {
 
     /// Counts and logs a failed mirror delivery; the client never hears of it.
     pub fn mirror_failed(&self, error: &ProxyError) {
-        self.mirror_failures.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .mirror_failures
             .with_label_values(&[self.name.as_str()])
