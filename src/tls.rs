@@ -213,7 +213,8 @@ fn files_digest(tls: &TlsConfig) -> [u8; 32] {
 // === the client side ===
 
 /// The rustls client config for a cluster's `https://` nodes: the system's roots plus
-/// `tls_ca_file`, or no verification at all with `tls_insecure_skip_verify`.
+/// `tls_ca_file`, or no verification at all with `tls_insecure_skip_verify`. A cluster
+/// without `https://` nodes never uses it and gets no roots (the OS store is not read).
 pub fn client_config(cluster: &ClusterConfig) -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -226,8 +227,13 @@ pub fn client_config(cluster: &ClusterConfig) -> rustls::ClientConfig {
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
+        if cluster
+            .nodes
+            .iter()
+            .any(|n| n.scheme_str() == Some("https"))
+        {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
         roots.add_parsable_certificates(cluster.tls_ca.iter().cloned());
         builder.with_root_certificates(roots).with_no_client_auth()
     }

@@ -88,20 +88,8 @@ fn client(config: &ClusterConfig) -> HttpClient {
     connector.set_keepalive(Some(Duration::from_secs(60)));
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.enforce_http(false);
-    let tls = config.nodes.iter().any(|n| n.scheme_str() == Some("https"));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(if tls {
-            crate::tls::client_config(config)
-        } else {
-            // Never used: no node speaks https.
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        })
+        .with_tls_config(crate::tls::client_config(config))
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
