@@ -509,6 +509,18 @@ fn influx_spool_toml(port: u16, node: &str, dir: &Path) -> String {
     )
 }
 
+/// A real influxd with database `spooltest`, killed (the cluster is down), and the config
+/// of a spooling proxy in front of it: its directory, port and `proxy.toml`.
+fn down_cluster() -> (OwnInfluxd, tempfile::TempDir, u16, String) {
+    let mut node = OwnInfluxd::start();
+    node.query(None, "CREATE DATABASE spooltest");
+    node.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = influx_spool_toml(port, &node.url(), dir.path());
+    (node, dir, port, toml)
+}
+
 fn count(node: &OwnInfluxd, q: &str) -> u64 {
     node.query(Some("spooltest"), q)["results"][0]["series"][0]["values"][0][1]
         .as_u64()
@@ -532,12 +544,7 @@ async fn wait_until_replayed(node: &OwnInfluxd, q: &str, expected: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_cluster_outage_and_a_proxy_sigkill() {
-    let mut node = OwnInfluxd::start();
-    node.query(None, "CREATE DATABASE spooltest");
-    node.kill();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let toml = influx_spool_toml(port, &node.url(), dir.path());
+    let (mut node, dir, port, toml) = down_cluster();
     let mut proxy = ProxyProcess::start(dir.path(), port, &toml);
 
     // Four writers, 25 writes of 10 points each, all while the cluster is down.
@@ -579,12 +586,7 @@ async fn acknowledged_writes_survive_a_cluster_outage_and_a_proxy_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_implies_delivered_when_the_proxy_is_killed_at_random_moments() {
-    let mut node = OwnInfluxd::start();
-    node.query(None, "CREATE DATABASE spooltest");
-    node.kill();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let toml = influx_spool_toml(port, &node.url(), dir.path());
+    let (mut node, dir, port, toml) = down_cluster();
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let ids = Arc::new(AtomicU64::new(0));
     let mut attempted = 0;
