@@ -97,6 +97,13 @@ fn der(leaf: &Leaf) -> Vec<u8> {
         .to_vec()
 }
 
+/// `tls_cert_expiry_timestamp_seconds`, scraped.
+async fn cert_expiry(proxy: &Proxy) -> f64 {
+    let samples = scrape(&proxy.admin_url("/metrics")).await;
+    let name = "influx_write_proxy_tls_cert_expiry_timestamp_seconds";
+    metric_value(&samples, name, &[])
+}
+
 // === TLS termination ===
 
 #[tokio::test]
@@ -117,15 +124,7 @@ async fn https_is_served_over_http1_and_h2_with_alpn() {
         assert_eq!(response.version(), version);
     }
     assert_eq!(upstream.received().len(), 2);
-    let samples = scrape(&proxy.admin_url("/metrics")).await;
-    assert_eq!(
-        metric_value(
-            &samples,
-            "influx_write_proxy_tls_cert_expiry_timestamp_seconds",
-            &[]
-        ),
-        pki::new_year(2031) as f64
-    );
+    assert_eq!(cert_expiry(&proxy).await, pki::new_year(2031) as f64);
     proxy.stop().await;
 }
 
@@ -205,15 +204,8 @@ async fn a_rotated_certificate_is_served_without_restart() {
             .status(),
         204
     );
+    assert_eq!(cert_expiry(&proxy).await, pki::new_year(2033) as f64);
     let samples = scrape(&proxy.admin_url("/metrics")).await;
-    assert_eq!(
-        metric_value(
-            &samples,
-            "influx_write_proxy_tls_cert_expiry_timestamp_seconds",
-            &[]
-        ),
-        pki::new_year(2033) as f64
-    );
     assert_eq!(
         metric_value(
             &samples,
@@ -252,13 +244,8 @@ async fn a_broken_new_certificate_keeps_the_previous_one_serving() {
             der(&good)
         );
     }
-    let samples = scrape(&metrics).await;
     assert_eq!(
-        metric_value(
-            &samples,
-            "influx_write_proxy_tls_cert_expiry_timestamp_seconds",
-            &[]
-        ),
+        cert_expiry(&proxy).await,
         pki::new_year(2031) as f64,
         "the expiry shown is the served certificate's"
     );
