@@ -680,7 +680,7 @@ impl RawConfig {
                     Err(why) => {
                         c.error(
                             &format!("{path}.nodes[{i}]"),
-                            format!("invalid URL {url:?}: {why}"),
+                            format!("invalid URL {:?}: {why}", without_userinfo(url)),
                         );
                         None
                     }
@@ -988,6 +988,19 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 
 /// A node is `http://host:port` with an optional path prefix (for nodes behind a path-routing
 /// gateway); `/write` is appended to it.
+/// `url` with any `user:password@` replaced by `***@`, for error messages: a password put
+/// in a node URL must not reach `check`'s output or the log.
+fn without_userinfo(url: &str) -> String {
+    let rest_at = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[rest_at..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| rest_at + i);
+    match url[rest_at..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..rest_at], &url[rest_at + at..]),
+        None => url.to_string(),
+    }
+}
+
 fn parse_node(url: &str) -> Result<Uri, &'static str> {
     let scheme = if url.starts_with("https://") {
         "https"
@@ -1117,6 +1130,19 @@ mod tests {
         assert!(errors[0].starts_with("spool.ack: unknown value \"sometimes\""));
         assert!(errors[1].starts_with("spool.enabled: cannot be used with auth.mode"));
         assert!(errors[2].starts_with("spool.max_age: invalid duration"));
+    }
+
+    #[test]
+    fn node_url_errors_never_show_credentials_put_in_the_url() {
+        let errors = parse("[clusters.default]\nnodes = [\"http://admin:hunter2@db:8086/x\"]\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errors,
+            ["clusters.default.nodes[0]: invalid URL \"http://***@db:8086/x\": credentials belong in username/password, not in the URL"]
+        );
+        assert_eq!(without_userinfo("htp:/x"), "htp:/x");
+        assert_eq!(without_userinfo("https://u@h/p@q"), "https://***@h/p@q");
     }
 
     #[test]
