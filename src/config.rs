@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub realm: String,
     /// Threads serving requests; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
+    /// Client connections open at once on `listen`; `None`: from the open-file limit.
+    pub max_connections: Option<usize>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -243,6 +245,10 @@ impl Config {
                 a.max_inflight_bytes != b.max_inflight_bytes,
             ),
             (
+                "server.max_connections",
+                a.max_connections != b.max_connections,
+            ),
+            (
                 "server.worker_threads",
                 a.worker_threads != b.worker_threads,
             ),
@@ -387,6 +393,7 @@ struct RawServer {
     shutdown_grace: Option<String>,
     realm: Option<String>,
     worker_threads: Option<usize>,
+    max_connections: Option<usize>,
     tls: Option<RawTls>,
 }
 
@@ -619,6 +626,7 @@ impl RawConfig {
             ),
             realm: s.realm.clone().unwrap_or_else(|| "InfluxDB".to_string()),
             worker_threads: s.worker_threads.filter(|&n| n > 0),
+            max_connections: s.max_connections.filter(|&n| n > 0),
             tls: s.tls.as_ref().map(|t| validate_tls(t, &mut c)),
         };
         if s.worker_threads.is_some_and(|n| n > 1024) {

@@ -1,15 +1,21 @@
-//! Per-connection deadlines for HTTP/1.1, kept apart: a request head must arrive within
-//! `header_read_timeout` of its first byte (or of the connection opening), which stops
-//! slowloris clients; and a keep-alive connection may sit idle between requests for
-//! `keepalive_timeout`. hyper's own header timer also runs while a connection is idle, so
-//! clients that reuse connections on a schedule close to it (Telegraf flushes every 10 s,
-//! the SPEC's default timeout is 10 s) would have them closed just as a write goes out.
+//! Per-connection deadlines, kept apart: a connection's first request must arrive within
+//! `header_read_timeout` of its first byte (or of the connection opening), and so must every
+//! later HTTP/1.1 request head, which stops slowloris clients; and a connection may sit idle
+//! between requests for `keepalive_timeout`. hyper's own header timer also runs while a
+//! connection is idle, so clients that reuse connections on a schedule close to it (Telegraf
+//! flushes every 10 s, the SPEC's default timeout is 10 s) would have them closed just as a
+//! write goes out.
+//!
+//! HTTP/2 is told from HTTP/1.1 by its whole 24-byte preface, as hyper-util does: until the
+//! preface is complete (`PRI`, `PRIX /ping HTTP/1.1`, …) the head deadline runs. An HTTP/2
+//! connection must open its first stream within the head deadline; after that, frames do not
+//! count as activity (a client can always send PINGs), only open streams do: with none open
+//! for `keepalive_timeout` the connection is closed.
 //!
 //! Three parts share one [`Conn`] state: the [`Watched`] IO wrapper notes when bytes of a new
-//! request arrive (and recognises HTTP/2's preface, whose connections are left alone: streams
-//! multiplex, and h2 has its own pings and header limits); the [`Tracked`] service notes when
-//! a request is being served and when it has been answered; and [`Conn::expired`], raced
-//! against the connection by the accept loop, resolves when a deadline passes.
+//! request arrive; the [`Tracked`] service notes when a request is being served and when it
+//! has been answered; and [`Conn::expired`], raced against the connection by the accept loop,
+//! resolves when a deadline passes.
 
 use std::future::Future;
 use std::io;
@@ -23,48 +29,55 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// The first bytes of an HTTP/2 connection; no HTTP/1.1 method starts with them.
-const H2_PREFIX: &[u8] = b"PRI";
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Between requests (or before the first): waiting for a head to start.
+    /// Between requests (or before the first): waiting for one to start.
     Waiting,
-    /// Part of a request head has arrived.
+    /// Part of a request head (or of the HTTP/2 preface) has arrived.
     Head,
     /// Requests are being served: body and request timeouts apply, not ours.
     Serving,
-    /// HTTP/2: no deadlines of ours.
-    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Fewer bytes than tell the two apart so far.
+    Unknown,
+    Http1,
+    Http2,
 }
 
 /// Why [`Conn::expired`] resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
-    /// No request head started within `keepalive_timeout` after the last answer.
+    /// No request started within `keepalive_timeout` after the last answer.
     Idle,
-    /// A request head (or the first one) did not complete within `header_read_timeout`.
+    /// A request head (or the first request) did not complete within `header_read_timeout`.
     Head,
 }
 
 #[derive(Debug)]
 struct State {
     phase: Phase,
+    protocol: Protocol,
     deadline: Instant,
     /// Requests being served.
     serving: usize,
     /// A request has been answered on this connection (so waiting is keep-alive idling).
     answered: bool,
-    /// The connection's first bytes, until there are enough to tell HTTP/2 from HTTP/1.1.
-    first: Vec<u8>,
+    /// Bytes of the HTTP/2 preface seen so far, while the protocol is unknown.
+    preface: usize,
 }
 
 /// One connection's deadlines.
 #[derive(Debug)]
 pub struct Conn {
     state: Mutex<State>,
-    /// Arriving bytes change nothing (mid-head, serving, or HTTP/2, and the protocol is
-    /// known): body reads skip the lock.
+    /// Arriving bytes change nothing (the protocol is known, and an HTTP/1.1 request is
+    /// under way or the connection is HTTP/2): body reads skip the lock.
     quiet: AtomicBool,
     changed: Notify,
     head_timeout: Duration,
@@ -72,15 +85,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A new connection: its first request head must arrive within `head_timeout`.
+    /// A new connection: its first request must arrive within `head_timeout`.
     pub fn new(head_timeout: Duration, idle_timeout: Duration) -> Arc<Conn> {
         Arc::new(Conn {
             state: Mutex::new(State {
                 phase: Phase::Waiting,
+                protocol: Protocol::Unknown,
                 deadline: Instant::now() + head_timeout,
                 serving: 0,
                 answered: false,
-                first: Vec::with_capacity(H2_PREFIX.len()),
+                preface: 0,
             }),
             quiet: AtomicBool::new(false),
             changed: Notify::new(),
@@ -91,7 +105,11 @@ impl Conn {
 
     /// Keeps `quiet` in step with `state` (called with the lock held).
     fn settle(&self, state: &State) {
-        let quiet = state.phase != Phase::Waiting && state.first.len() == H2_PREFIX.len();
+        let quiet = match state.protocol {
+            Protocol::Unknown => false,
+            Protocol::Http1 => state.phase != Phase::Waiting,
+            Protocol::Http2 => true,
+        };
         self.quiet.store(quiet, Ordering::Release);
     }
 
@@ -103,26 +121,33 @@ impl Conn {
         self.lock().phase
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.lock().protocol
+    }
+
     /// Bytes arrived from the client.
     fn received(&self, bytes: &[u8]) {
         if self.quiet.load(Ordering::Acquire) {
             return;
         }
         let mut state = self.lock();
-        if state.first.len() < H2_PREFIX.len() {
-            let wanted = H2_PREFIX.len() - state.first.len();
-            state
-                .first
-                .extend_from_slice(&bytes[..bytes.len().min(wanted)]);
-            if state.first == H2_PREFIX {
-                state.phase = Phase::Off;
-                self.settle(&state);
-                drop(state);
-                self.changed.notify_one();
-                return;
-            }
+        if state.protocol == Protocol::Unknown {
+            let seen = state.preface;
+            let take = bytes.len().min(H2_PREFACE.len() - seen);
+            state.protocol = if bytes[..take] != H2_PREFACE[seen..seen + take] {
+                Protocol::Http1
+            } else if seen + take == H2_PREFACE.len() {
+                Protocol::Http2
+            } else {
+                Protocol::Unknown
+            };
+            state.preface = seen + take;
         }
-        if state.phase == Phase::Waiting {
+        // HTTP/2 frames between streams are not a request starting; only the bytes up to
+        // and including the preface start the first one.
+        let starts =
+            state.phase == Phase::Waiting && (state.protocol != Protocol::Http2 || !state.answered);
+        if starts {
             state.phase = Phase::Head;
             state.deadline = Instant::now() + self.head_timeout;
         }
@@ -135,10 +160,10 @@ impl Conn {
     pub fn serving(self: &Arc<Self>) -> Serving {
         let mut state = self.lock();
         state.serving += 1;
-        if state.phase != Phase::Off {
-            state.phase = Phase::Serving;
-        }
+        state.phase = Phase::Serving;
         self.settle(&state);
+        drop(state);
+        self.changed.notify_one();
         Serving(self.clone())
     }
 
@@ -155,7 +180,7 @@ impl Conn {
         }
     }
 
-    /// Resolves when the connection has waited past a deadline; never for HTTP/2.
+    /// Resolves when the connection has waited past a deadline.
     pub async fn expired(&self) -> Expired {
         loop {
             let changed = self.changed.notified();
@@ -177,7 +202,7 @@ impl Conn {
                         _ = changed => {}
                     }
                 }
-                Phase::Serving | Phase::Off => changed.await,
+                Phase::Serving => changed.await,
             }
         }
     }
@@ -345,21 +370,71 @@ mod tests {
         assert_eq!(waiting.await.unwrap().0, Expired::Idle);
     }
 
+    const PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
     #[tokio::test(start_paused = true)]
-    async fn http2_connections_have_no_deadlines_even_when_the_preface_arrives_in_pieces() {
+    async fn an_http2_connection_must_open_a_stream_within_the_head_timeout() {
         let conn = Conn::new(HEAD, IDLE);
         conn.received(b"P");
-        conn.received(b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        assert_eq!(conn.phase(), Phase::Off);
+        conn.received(&PREFACE_AND_SETTINGS[1..]);
+        assert_eq!(conn.protocol(), Protocol::Http2);
+        assert_eq!(conn.phase(), Phase::Head);
+        assert_eq!(expires_after(&conn).await, (Expired::Head, HEAD));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_preface_is_a_head_under_its_deadline() {
+        for start in [
+            &b"PRI"[..],
+            b"PRI * HTTP/2.0\r\n",
+            b"PRIX /ping HTTP/1.1\r\n",
+        ] {
+            let conn = Conn::new(HEAD, IDLE);
+            conn.received(start);
+            assert_eq!(conn.phase(), Phase::Head, "{start:?}");
+            assert_eq!(
+                expires_after(&conn).await,
+                (Expired::Head, HEAD),
+                "{start:?}"
+            );
+        }
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(b"PRIX /ping HTTP/1.1\r\n");
+        assert_eq!(conn.protocol(), Protocol::Http1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_without_open_streams_idles_for_the_keepalive_timeout() {
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(PREFACE_AND_SETTINGS);
+        let first = conn.serving();
+        let second = conn.serving();
+        drop(first);
+        assert_eq!(conn.phase(), Phase::Serving, "a stream is still open");
+        drop(second);
+        assert_eq!(conn.phase(), Phase::Waiting);
+        // Frames between streams (PING, WINDOW_UPDATE) do not keep it open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        conn.received(b"\0\0\x08\x06\0\0\0\0\0pingpong");
+        assert_eq!(conn.phase(), Phase::Waiting);
+        let started = Instant::now();
+        assert_eq!(conn.expired().await, Expired::Idle);
+        assert_eq!(started.elapsed(), IDLE - Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_suspends_the_deadlines_while_it_is_served() {
+        let conn = Conn::new(HEAD, IDLE);
+        conn.received(PREFACE_AND_SETTINGS);
+        let serving = conn.serving();
         let waiting = {
             let conn = conn.clone();
             tokio::spawn(async move { conn.expired().await })
         };
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(!waiting.is_finished());
-        // A request on it does not bring deadlines back.
-        drop(conn.serving());
-        assert_eq!(conn.phase(), Phase::Off);
+        drop(serving);
+        assert_eq!(waiting.await.unwrap(), Expired::Idle);
     }
 
     #[tokio::test(start_paused = true)]
@@ -370,6 +445,7 @@ mod tests {
                 conn.received(std::slice::from_ref(byte));
             }
             assert_eq!(conn.phase(), Phase::Head, "{method:?}");
+            assert_eq!(conn.protocol(), Protocol::Http1, "{method:?}");
         }
     }
 }

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub spool_writes: IntCounterVec,
     pub inflight_requests: IntGauge,
     pub inflight_bytes: IntGauge,
+    /// Client connections open on `listen`.
+    pub connections_open: IntGauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// `reason`: head (no request in time, slowloris), idle (keep-alive ran out).
+    pub connections_timed_out: IntCounterVec,
     pub tls_cert_expiry: IntGauge,
     /// `result`: success, error.
     pub tls_cert_reloads: IntCounterVec,
@@ -182,6 +188,21 @@ impl Metrics {
             inflight_bytes: plain_gauge(
                 "inflight_bytes",
                 "Body bytes held by requests being served (bounded by max_inflight_bytes).",
+            ),
+            connections_open: plain_gauge(
+                "connections_open",
+                "Client connections open on listen (bounded by max_connections).",
+            ),
+            connections_refused: plain_counter(
+                "connections_refused_total",
+                "Connections answered 503 and closed at accept because max_connections were open.",
+            ),
+            connections_timed_out: counter(
+                &r,
+                "connections_timed_out_total",
+                "Connections closed by a deadline: head (no complete request head or first HTTP/2 \
+                 stream within header_read_timeout), idle (no request for keepalive_timeout).",
+                &["reason"],
             ),
             tls_cert_expiry: plain_gauge(
                 "tls_cert_expiry_timestamp_seconds",

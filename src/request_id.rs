@@ -77,7 +77,7 @@ fn acceptable(value: &HeaderValue) -> bool {
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
-fn new_id() -> HeaderValue {
+pub(crate) fn new_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(id).expect("a UUID is a valid header value")

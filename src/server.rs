@@ -1,6 +1,7 @@
-//! Listeners, the accept loop, HTTP/1.1 + h2c through hyper-util's auto builder, and the
-//! graceful drain of SPEC §8: on shutdown `/ready` turns 503 at once, the main listener stops
-//! accepting, in-flight requests finish (up to `shutdown_grace`), then the process may exit.
+//! Listeners, the accept loop (with its bound on open connections), HTTP/1.1 + h2c through
+//! hyper-util's auto builder, and the graceful drain of SPEC §8: on shutdown `/ready` turns
+//! 503 at once, the main listener stops accepting, in-flight requests finish (up to
+//! `shutdown_grace`), then the process may exit.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,15 +14,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use prometheus::{IntCounterVec, IntGauge};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::auth::PeerAddr;
 use crate::config::Config;
-use crate::deadline::{Conn, Tracked, Watched};
+use crate::deadline::{Conn, Expired, Tracked, Watched};
 use crate::error::BoxError;
 use crate::handler::{Role, Shared};
+use crate::metrics::Metrics;
+use crate::request_id::{new_id, OWN_VERSION};
 use crate::stack;
 use crate::tls::Acceptor;
 
@@ -93,11 +98,13 @@ impl Bound {
             startup.config.server.header_read_timeout,
             startup.config.server.keepalive_timeout,
         );
+        let max_connections = connection_limit(startup.config.server.max_connections);
         let (stop_main, main_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let with_admin = admin.is_none();
         tracing::info!(
             listen = %main.local_addr()?,
+            max_connections,
             tls = tls.is_some(),
             admin = %admin.as_ref().map_or(Ok("on listen".to_string()), |l| l.local_addr().map(|a| a.to_string()))?,
             version = env!("CARGO_PKG_VERSION"),
@@ -108,6 +115,7 @@ impl Bound {
             stack::build(shared.clone(), Role::Main { with_admin }),
             builder(),
             tls,
+            Gate::new(max_connections, Some(shared.metrics.clone())),
             timeouts,
             main_stopped,
         ));
@@ -117,6 +125,7 @@ impl Bound {
                 stack::build(shared.clone(), Role::Admin),
                 builder(),
                 None,
+                Gate::new(ADMIN_CONNECTIONS, None),
                 timeouts,
                 admin_stopped,
             ))
@@ -171,6 +180,10 @@ fn builder() -> auto::Builder<TokioExecutor> {
         // Head and keep-alive deadlines are ours (`deadline.rs`): hyper's header timer also
         // runs while a connection is idle.
         .header_read_timeout(None)
+        // A client that sends its request and then shuts down its write side (HTTP/1.0-style
+        // clients, some load balancers) still gets its answer; without this hyper closes on
+        // the EOF and a write it forwarded is acknowledged to nobody.
+        .half_close(true)
         // Line-protocol clients send a handful of headers; 100 is plenty and bounds parsing.
         .max_headers(100)
         .keep_alive(true)
@@ -234,12 +247,144 @@ impl Reloader {
     }
 }
 
+/// Connections the admin listener keeps open at once: probes and scrapers, never many.
+const ADMIN_CONNECTIONS: usize = 256;
+/// Refusals (a 503 and a short linger) under way at once; past that, a connection over the
+/// limit is closed without an answer.
+const REFUSALS: usize = 64;
+/// File descriptors kept out of the connection limit: spool segments, logs, the admin
+/// listener, TLS files, health checks.
+const RESERVED_FDS: u64 = 128;
+
+/// Client connections `listen` keeps open at once: `server.max_connections`, or else half of
+/// the open-file limit less a reserve (each client connection may hold a second descriptor
+/// upstream). The soft limit is raised to the hard one first, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do, so a default systemd unit (1024 soft) does not cap the proxy
+/// at a few hundred clients.
+pub fn connection_limit(configured: Option<usize>) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    if let Some(n) = configured {
+        return n;
+    }
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let files = limit.current.unwrap_or(1 << 21);
+    (files.saturating_sub(RESERVED_FDS) / 2).clamp(16, 1 << 20) as usize
+}
+
+/// The bound on a listener's open connections.
+struct Gate {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    refusals: Arc<Semaphore>,
+    /// The main listener's connection metrics (the admin listener has none).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// An accepted connection's place under the limit, given back when it closes.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Option<IntGauge>,
+    timed_out: Option<IntCounterVec>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.dec();
+        }
+    }
+}
+
+impl Gate {
+    fn new(limit: usize, metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            refusals: Arc::new(Semaphore::new(REFUSALS)),
+            metrics,
+        }
+    }
+
+    /// A place for a new connection, or `None` when `limit` are open.
+    fn enter(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let open = self.metrics.as_ref().map(|m| m.connections_open.clone());
+        if let Some(open) = &open {
+            open.inc();
+        }
+        Some(Slot {
+            _permit: permit,
+            open,
+            timed_out: self
+                .metrics
+                .as_ref()
+                .map(|m| m.connections_timed_out.clone()),
+        })
+    }
+
+    /// Turns away a connection over the limit: on a plain listener it gets a 503 with
+    /// `Retry-After` and its first bytes are read and discarded (up to 64 KiB or a second)
+    /// before the close, so the client reads the answer rather than a reset; on a TLS
+    /// listener it is closed.
+    fn refuse(&self, mut stream: TcpStream, plain: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.connections_refused.inc();
+        }
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
+            return;
+        };
+        if !plain {
+            return;
+        }
+        let message = format!(
+            "too many open connections (server.max_connections = {}); retry later",
+            self.limit
+        );
+        let body = format!("{}\n", serde_json::json!({ "error": message }));
+        let id = new_id();
+        let id = id.to_str().unwrap_or_default();
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nRetry-After: 1\r\nX-Influxdb-Error: {message}\r\n\
+             X-Influxdb-Version: {OWN_VERSION}\r\nX-Request-Id: {id}\r\nRequest-Id: {id}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let linger = async {
+                stream.write_all(answer.as_bytes()).await?;
+                stream.shutdown().await?;
+                let (mut sink, mut read) = ([0u8; 8192], 0);
+                while read < 64 * 1024 {
+                    match stream.read(&mut sink).await? {
+                        0 => break,
+                        n => read += n,
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+        });
+    }
+}
+
 /// Accepts until told to stop; returns the handle that drains the connections it started.
 async fn accept_loop(
     listener: TcpListener,
     service: stack::Stack,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<Acceptor>>,
+    gate: Gate,
     (head_timeout, idle_timeout): (Duration, Duration),
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
@@ -257,6 +402,11 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
+        let Some(slot) = gate.enter() else {
+            tracing::warn!(%peer, limit = gate.limit, "connection refused: max_connections are open");
+            gate.refuse(stream, tls.is_none());
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = service.clone().map_request(
             move |mut request: http::Request<hyper::body::Incoming>| {
@@ -270,7 +420,7 @@ async fn accept_loop(
             let connection = builder
                 .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
                 .into_owned();
-            tokio::spawn(serve(peer, conn, graceful.watch(connection)));
+            tokio::spawn(serve(peer, conn, slot, graceful.watch(connection)));
             continue;
         };
         // The handshake runs in the connection's own task, so a slow client cannot hold up
@@ -290,17 +440,18 @@ async fn accept_loop(
             let connection = builder
                 .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
                 .into_owned();
-            serve(peer, conn, watcher.watch(connection)).await;
+            serve(peer, conn, slot, watcher.watch(connection)).await;
         });
     }
     graceful
 }
 
 /// Runs a connection until it ends or waits past one of its deadlines; dropping it then
-/// closes the socket.
+/// closes the socket and gives its slot back.
 async fn serve<E: std::fmt::Display>(
     peer: SocketAddr,
     conn: Arc<Conn>,
+    slot: Slot,
     connection: impl Future<Output = Result<(), E>>,
 ) {
     tokio::select! {
@@ -310,7 +461,15 @@ async fn serve<E: std::fmt::Display>(
             }
         }
         why = conn.expired() => {
-            tracing::debug!(%peer, ?why, "closing connection: deadline passed");
+            tracing::debug!(%peer, ?why, protocol = ?conn.protocol(), "closing connection: deadline passed");
+            if let Some(timed_out) = &slot.timed_out {
+                let reason = match why {
+                    Expired::Head => "head",
+                    Expired::Idle => "idle",
+                };
+                timed_out.with_label_values(&[reason]).inc();
+            }
         }
     }
+    drop(slot);
 }

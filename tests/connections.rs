@@ -50,6 +50,28 @@ async fn closed_after(stream: &mut TcpStream, limit: Duration) -> Option<Duratio
     }
 }
 
+/// Sends `bytes` one at a time, `pause_ms` apart, until the proxy closes the connection;
+/// returns how long that took, or `None` if every byte went out.
+async fn drip_until_closed<'a>(
+    stream: &mut TcpStream,
+    bytes: impl Iterator<Item = &'a u8>,
+    pause_ms: u64,
+) -> Option<Duration> {
+    let started = Instant::now();
+    for byte in bytes {
+        if stream.write_all(&[*byte]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        let mut probe = [0u8; 1024];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(pause_ms), stream.read(&mut probe)).await
+        {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_outlive_header_read_timeout() {
     let (upstream, proxy) = proxy("header_read_timeout = \"1s\"").await;
@@ -111,30 +133,154 @@ async fn a_request_head_must_arrive_within_header_read_timeout() {
     // Slowloris: a byte every 100 ms, so no single pause is long, but the head never ends
     // within the timeout. The deadline runs from the head's first byte.
     let mut drip = TcpStream::connect(proxy.addr).await.unwrap();
-    let started = Instant::now();
-    let mut closed = false;
-    for byte in WRITE.iter().cycle().take(400) {
-        if drip.write_all(&[*byte]).await.is_err() {
-            closed = true;
-            break;
-        }
-        let mut probe = [0u8; 1];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(100), drip.read(&mut probe)).await
-        {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "a dripping head is cut off");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    let closed = drip_until_closed(&mut drip, WRITE.iter().cycle().take(400), 100).await;
+    let closed = closed.expect("a dripping head is cut off");
+    assert!(closed < Duration::from_secs(5), "{closed:?}");
     assert!(
         upstream.received().is_empty(),
         "nothing reached the upstream"
     );
+    proxy.stop().await;
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame, as a client opens with.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_start_like_http2_get_the_head_deadline_too() {
+    let (upstream, proxy) = proxy("header_read_timeout = \"1s\"").await;
+
+    // `PRI` and then nothing; a whole preface and SETTINGS, but never a stream.
+    for start in [&b"PRI"[..], H2_PREFACE_AND_SETTINGS] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(start).await.unwrap();
+        let closed = closed_after(&mut stream, Duration::from_secs(10)).await;
+        let closed = closed.unwrap_or_else(|| panic!("{start:?} held open"));
+        assert!(closed < Duration::from_secs(4), "{start:?}: {closed:?}");
+    }
+
+    // Not the preface after all (`PRIX …`): an HTTP/1.1 head, dripped a byte every 200 ms.
+    let mut drip = TcpStream::connect(proxy.addr).await.unwrap();
+    let started = Instant::now();
+    drip.write_all(b"PRIX /ping HTTP/1.1\r\n").await.unwrap();
+    let closed = drip_until_closed(&mut drip, std::iter::repeat_n(&b'X', 50), 200).await;
+    assert!(closed.is_some(), "a dripping PRIX head is cut off");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(upstream.received().is_empty());
+    proxy.stop().await;
+}
+
+/// Opens an h2c connection, sends one `GET /ping` on it and returns the status, the sender
+/// (the client keeps the connection while it holds it) and the task driving the connection,
+/// which ends when the proxy closes it.
+async fn h2c_ping(
+    addr: std::net::SocketAddr,
+) -> (
+    http::StatusCode,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(format!("http://{addr}/ping"))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    (response.status(), sender, driver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_close_after_keepalive_timeout() {
+    let (_upstream, proxy) = proxy("keepalive_timeout = \"1s\"").await;
+    let started = Instant::now();
+    let (status, _sender, driver) = h2c_ping(proxy.addr).await;
+    assert_eq!(status, 204);
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the idle h2 connection is closed")
+        .unwrap();
+    let closed = started.elapsed();
+    assert!(
+        closed >= Duration::from_millis(900),
+        "not before keepalive_timeout: {closed:?}"
+    );
+    proxy.stop().await;
+}
+
+/// Sends `WRITE` on `stream`; whether it was answered 204.
+async fn write_answered_204(stream: &mut TcpStream) -> bool {
+    stream.write_all(WRITE).await.unwrap();
+    response_head(stream)
+        .await
+        .is_some_and(|head| head.starts_with("HTTP/1.1 204"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_get_a_503_and_the_others_keep_working() {
+    let (upstream, proxy) = proxy("max_connections = 3").await;
+    let mut open = vec![];
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        assert!(write_answered_204(&mut stream).await);
+        open.push(stream);
+    }
+    // The fourth is answered, not reset, and told when to come back.
+    let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
+    refused.write_all(WRITE).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), refused.read_to_string(&mut answer))
+        .await
+        .expect("answered and closed")
+        .expect("no reset");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\r\nRetry-After: 1\r\n"), "{answer}");
+    assert!(
+        answer.ends_with(
+            "{\"error\":\"too many open connections (server.max_connections = 3); retry later\"}\n"
+        ),
+        "{answer}"
+    );
+    // The open ones still work, and a closed one makes room.
+    assert!(write_answered_204(&mut open[0]).await);
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(write_answered_204(&mut again).await);
+    let writes = upstream.received().len();
+    assert_eq!(writes, 5, "the refused write never reached the upstream");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    // A slow upstream, so the client's EOF arrives while the write is being forwarded.
+    let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_millis(50))).await;
+    let proxy = Proxy::start(&format!(
+        "[clusters.default]\nnodes = [\"{}\"]\n",
+        upstream.url()
+    ))
+    .await;
+    for i in 0..20 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(WRITE).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = String::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await;
+        assert!(answer.starts_with("HTTP/1.1 204"), "write {i}: {answer:?}");
+    }
+    assert_eq!(upstream.received().len(), 20, "each write forwarded once");
     proxy.stop().await;
 }
