@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
@@ -29,7 +29,7 @@ use tower::{Layer, Service};
 use crate::config::{sha256, AuthConfig, PasswordCheck, RateConfig, Secret};
 use crate::error::{Api, ProxyError};
 use crate::handler::Generation;
-use crate::limit::{Limits, LoginThrottle};
+use crate::limit::{Limits, LoginThrottle, Pending};
 use crate::metrics::Metrics;
 use crate::rewrite::Query;
 
@@ -139,15 +139,43 @@ const CONCURRENT_HASHES: usize = 2;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// How a user's password is verified: always against an argon2 hash.
+struct Verifier {
+    phc: String,
+    /// The hash is of the password's SHA-256 in hex: a plain password from the environment,
+    /// whose digest was hashed at load, so it costs what an argon2 user costs.
+    prehashed: bool,
+}
+
+impl Verifier {
+    fn new(check: &PasswordCheck) -> Self {
+        match check {
+            PasswordCheck::Argon2(phc) => Self {
+                phc: phc.clone(),
+                prehashed: false,
+            },
+            PasswordCheck::Plain(digest) => Self {
+                phc: hash_password(&hex(digest)),
+                prehashed: true,
+            },
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Checks credentials against the configured tokens, users and JWT secret.
 pub struct Authenticator {
     tokens: Vec<([u8; 32], Arc<Principal>)>,
-    users: HashMap<String, (PasswordCheck, Arc<Principal>)>,
+    users: HashMap<String, (Verifier, Arc<Principal>)>,
     jwt_secret: Option<Secret>,
+    jwt_leeway: Duration,
     /// HMAC keys of (user, password, hash) that verified; the key is random per process.
     cache: Mutex<std::collections::HashSet<[u8; 32]>>,
     cache_key: [u8; 32],
-    hashing: Semaphore,
+    hashing: Arc<Semaphore>,
     hashes: std::sync::atomic::AtomicU64,
     pub throttle: LoginThrottle,
 }
@@ -167,13 +195,14 @@ impl Authenticator {
                 .iter()
                 .map(|u| {
                     let principal = Principal::new(&u.username, &u.databases, u.rate);
-                    (u.username.clone(), (u.password.clone(), principal))
+                    (u.username.clone(), (Verifier::new(&u.password), principal))
                 })
                 .collect(),
             jwt_secret: config.jwt_secret.clone(),
+            jwt_leeway: config.jwt_leeway,
             cache: Mutex::new(Default::default()),
             cache_key,
-            hashing: Semaphore::new(CONCURRENT_HASHES),
+            hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
             hashes: Default::default(),
             throttle: LoginThrottle::new(),
         }
@@ -188,19 +217,25 @@ impl Authenticator {
         self.hashes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The principal behind `presented`, or 401.
-    pub async fn authenticate(&self, presented: Presented) -> Result<Arc<Principal>, ProxyError> {
+    /// The principal behind `presented` from `ip`, or 401 (429 when `ip` has too many
+    /// password checks under way, see [`LoginThrottle::begin`]).
+    pub async fn authenticate(
+        &self,
+        presented: Presented,
+        ip: IpAddr,
+    ) -> Result<Arc<Principal>, ProxyError> {
         match presented {
             Presented::None | Presented::Malformed => Err(ProxyError::Unauthorized),
             Presented::Token(token) => self.token(&token),
-            Presented::UserPassword { user, password } => self.password(&user, &password).await,
+            Presented::UserPassword { user, password } => self.password(&user, &password, ip).await,
             Presented::Jwt(jwt) => {
                 let secret = self.jwt_secret.as_ref().ok_or(ProxyError::Unauthorized)?;
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
-                    .as_secs();
-                let username = verify_jwt(&jwt, secret.expose().as_bytes(), now)
+                    .as_secs() as i64;
+                let leeway = self.jwt_leeway.as_secs() as i64;
+                let username = verify_jwt(&jwt, secret.expose().as_bytes(), now, leeway)
                     .ok_or(ProxyError::Unauthorized)?;
                 self.users
                     .get(&username)
@@ -222,39 +257,43 @@ impl Authenticator {
         found.ok_or(ProxyError::Unauthorized)
     }
 
-    async fn password(&self, user: &str, password: &Secret) -> Result<Arc<Principal>, ProxyError> {
+    /// Every path costs one argon2 verification (or a cache hit for a password that
+    /// verified before): an unknown user against a dummy hash, a plain password against the
+    /// hash made of it at load. So the time a 401 takes tells nothing about which names exist.
+    async fn password(
+        &self,
+        user: &str,
+        password: &Secret,
+        ip: IpAddr,
+    ) -> Result<Arc<Principal>, ProxyError> {
         let Some((check, principal)) = self.users.get(user) else {
-            // Spend the same time as for a wrong password, so probing usernames tells nothing.
+            let pending = self.throttle.begin(ip)?;
             let _ = self
-                .verify_argon2(dummy_hash().to_string(), password.clone())
+                .verify_argon2(dummy_hash().to_string(), password.clone(), pending)
                 .await;
             return Err(ProxyError::Unauthorized);
         };
-        let ok = match check {
-            PasswordCheck::Plain(digest) => {
-                bool::from(digest.ct_eq(&sha256(password.expose().as_bytes())))
-            }
-            PasswordCheck::Argon2(phc) => {
-                let key = self.cache_key(user, password, phc);
-                if self.cache.lock().expect("cache lock").contains(&key) {
-                    true
-                } else if self.verify_argon2(phc.clone(), password.clone()).await {
-                    let mut cache = self.cache.lock().expect("cache lock");
-                    if cache.len() >= CACHE_ENTRIES {
-                        cache.clear();
-                    }
-                    cache.insert(key);
-                    true
-                } else {
-                    false
-                }
-            }
+        let presented = match check.prehashed {
+            true => Secret::new(hex(&sha256(password.expose().as_bytes()))),
+            false => password.clone(),
         };
-        if ok {
-            Ok(principal.clone())
-        } else {
-            Err(ProxyError::Unauthorized)
+        let key = self.cache_key(user, password, &check.phc);
+        if self.cache.lock().expect("cache lock").contains(&key) {
+            return Ok(principal.clone());
         }
+        let pending = self.throttle.begin(ip)?;
+        if !self
+            .verify_argon2(check.phc.clone(), presented, pending)
+            .await
+        {
+            return Err(ProxyError::Unauthorized);
+        }
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key);
+        Ok(principal.clone())
     }
 
     fn cache_key(&self, user: &str, password: &Secret, phc: &str) -> [u8; 32] {
@@ -266,15 +305,20 @@ impl Authenticator {
         mac.finalize().into_bytes().into()
     }
 
-    async fn verify_argon2(&self, phc: String, password: Secret) -> bool {
-        let _permit = self
+    /// One argon2 verification, at most [`CONCURRENT_HASHES`] at once. The hash owns its
+    /// semaphore permit and the address's `pending` place, so a client that disconnects
+    /// mid-check frees neither before the hash is done: hanging up cannot queue more.
+    async fn verify_argon2(&self, phc: String, password: Secret, pending: Pending) -> bool {
+        let permit = self
             .hashing
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("semaphore is never closed");
         self.hashes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
+            let _held = (permit, pending);
             PasswordHash::new(&phc)
                 .map(|hash| {
                     Argon2::default()
@@ -311,8 +355,11 @@ pub fn hash_password(password: &str) -> String {
 }
 
 /// Verifies an InfluxDB-style JWT: HS256 only (`alg: none` and every other algorithm are
-/// refused), a valid signature, an `exp` in the future, and a `username`.
-pub fn verify_jwt(token: &str, secret: &[u8], now: u64) -> Option<String> {
+/// refused), a valid signature and a `username`; then the time claims as InfluxDB 1.x checks
+/// them (jwt-go's `MapClaims.Valid`, whole seconds): `exp` is required and must not have
+/// passed, `nbf` and `iat`, when they are numbers, must not be in the future. `leeway`
+/// seconds of clock skew are allowed on each.
+pub fn verify_jwt(token: &str, secret: &[u8], now: i64, leeway: i64) -> Option<String> {
     let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut parts = token.split('.');
     let (header, claims, signature) = (parts.next()?, parts.next()?, parts.next()?);
@@ -334,9 +381,18 @@ pub fn verify_jwt(token: &str, secret: &[u8], now: u64) -> Option<String> {
     struct Claims {
         username: String,
         exp: f64,
+        nbf: Option<serde_json::Value>,
+        iat: Option<serde_json::Value>,
     }
     let claims: Claims = serde_json::from_slice(&b64.decode(claims).ok()?).ok()?;
-    (claims.exp > now as f64 && !claims.username.is_empty()).then_some(claims.username)
+    // jwt-go reads numeric claims as float64 and compares them truncated to int64; a claim
+    // of another type is not checked.
+    let seconds = |claim: &Option<serde_json::Value>| claim.as_ref()?.as_f64().map(|f| f as i64);
+    let in_time = claims.exp > 0.0
+        && now <= (claims.exp as i64).saturating_add(leeway)
+        && seconds(&claims.nbf).is_none_or(|nbf| nbf <= now.saturating_add(leeway))
+        && seconds(&claims.iat).is_none_or(|iat| iat <= now.saturating_add(leeway));
+    (in_time && !claims.username.is_empty()).then_some(claims.username)
 }
 
 /// The client's address, put in each request's extensions by the server.
@@ -426,7 +482,7 @@ where
             }
             let presented = presented(request.uri().query(), request.headers(), auth.jwt_enabled());
             let missing = matches!(presented, Presented::None);
-            match auth.authenticate(presented).await {
+            match auth.authenticate(presented, ip).await {
                 Ok(principal) => {
                     if let Err(limited) = principal.limits.check_request(&principal.name) {
                         metrics.count_refusal(&limited);
@@ -435,11 +491,17 @@ where
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
+                Err(error @ ProxyError::LoginsPending { .. }) => {
+                    Ok(error.into_response(api, realm))
+                }
+                Err(error @ ProxyError::LoginThrottled { .. }) => {
+                    Ok(error.into_response(api, realm))
+                }
                 Err(error) => {
                     let reason = if missing { "missing" } else { "invalid" };
                     metrics.auth_failures.with_label_values(&[reason]).inc();
                     tracing::info!(client = %ip, reason, "authentication failed");
-                    let error = auth.throttle.failed(ip).unwrap_or(error);
+                    auth.throttle.failed(ip);
                     Ok(error.into_response(api, realm))
                 }
             }
@@ -451,6 +513,8 @@ where
 mod tests {
     use super::*;
     use crate::config::{TokenConfig, UserConfig};
+
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     const RATE: RateConfig = RateConfig {
         requests_per_second: 0,
@@ -482,6 +546,7 @@ mod tests {
                 },
             ],
             jwt_secret: jwt.map(|s| Secret::new(s.into())),
+            jwt_leeway: Duration::ZERO,
         })
     }
 
@@ -557,19 +622,22 @@ mod tests {
     async fn tokens_users_and_their_failures() {
         let auth = authenticator(None);
         let t = auth
-            .authenticate(Presented::Token("telegraf-token-0123456789".into()))
+            .authenticate(Presented::Token("telegraf-token-0123456789".into()), CLIENT)
             .await
             .unwrap();
         assert_eq!(t.name, "telegraf");
         assert_eq!(
-            auth.authenticate(up("alice", "alice-pw"))
+            auth.authenticate(up("alice", "alice-pw"), CLIENT)
                 .await
                 .unwrap()
                 .name,
             "alice"
         );
         assert_eq!(
-            auth.authenticate(up("bob", "bob-pw")).await.unwrap().name,
+            auth.authenticate(up("bob", "bob-pw"), CLIENT)
+                .await
+                .unwrap()
+                .name,
             "bob"
         );
         for bad in [
@@ -583,7 +651,10 @@ mod tests {
         ] {
             let shown = format!("{bad:?}");
             assert!(
-                matches!(auth.authenticate(bad).await, Err(ProxyError::Unauthorized)),
+                matches!(
+                    auth.authenticate(bad, CLIENT).await,
+                    Err(ProxyError::Unauthorized)
+                ),
                 "{shown}"
             );
         }
@@ -593,14 +664,47 @@ mod tests {
     async fn repeated_password_costs_one_hash() {
         let auth = authenticator(None);
         for _ in 0..50 {
-            auth.authenticate(up("alice", "alice-pw")).await.unwrap();
+            auth.authenticate(up("alice", "alice-pw"), CLIENT)
+                .await
+                .unwrap();
         }
         assert_eq!(auth.hashes_computed(), 1);
         // A wrong password is never cached as right, and costs a hash each time.
         for _ in 0..2 {
-            assert!(auth.authenticate(up("alice", "alice-pw2")).await.is_err());
+            assert!(auth
+                .authenticate(up("alice", "alice-pw2"), CLIENT)
+                .await
+                .is_err());
         }
         assert_eq!(auth.hashes_computed(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hanging_up_mid_check_keeps_the_place_until_the_hash_is_done() {
+        let auth = Arc::new(authenticator(None));
+        let guesses: Vec<_> = (0..2)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.authenticate(up("mallory", "x"), CLIENT).await })
+            })
+            .collect();
+        while auth.hashes_computed() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The clients hang up while their hashes run.
+        for guess in &guesses {
+            guess.abort();
+        }
+        let refused = auth.throttle.begin(CLIENT).err();
+        assert!(
+            matches!(refused, Some(ProxyError::LoginsPending { .. })),
+            "{refused:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(
+            auth.throttle.begin(CLIENT).is_ok(),
+            "places come back with the hashes"
+        );
     }
 
     #[test]
@@ -633,10 +737,15 @@ mod tests {
         let secret = b"0123456789abcdef0123456789abcdef";
         let hs256 = r#"{"alg":"HS256","typ":"JWT"}"#;
         let good = jwt(hs256, r#"{"username":"alice","exp":2000}"#, secret);
-        assert_eq!(verify_jwt(&good, secret, 1000).as_deref(), Some("alice"));
-        assert_eq!(verify_jwt(&good, secret, 2000), None, "expired");
+        assert_eq!(verify_jwt(&good, secret, 1000, 0).as_deref(), Some("alice"));
         assert_eq!(
-            verify_jwt(&good, b"another-secret-of-32-bytes-long!", 1000),
+            verify_jwt(&good, secret, 2000, 0).as_deref(),
+            Some("alice"),
+            "valid through its exp second, as jwt-go has it"
+        );
+        assert_eq!(verify_jwt(&good, secret, 2001, 0), None, "expired");
+        assert_eq!(
+            verify_jwt(&good, b"another-secret-of-32-bytes-long!", 1000, 0),
             None,
             "wrong key"
         );
@@ -645,17 +754,68 @@ mod tests {
             r#"{"username":"alice","exp":2000}"#,
             secret,
         );
-        assert_eq!(verify_jwt(&none, secret, 1000), None, "alg none");
+        assert_eq!(verify_jwt(&none, secret, 1000, 0), None, "alg none");
         let unsigned = format!("{}.", &good[..good.rfind('.').unwrap()]);
-        assert_eq!(verify_jwt(&unsigned, secret, 1000), None, "empty signature");
+        assert_eq!(
+            verify_jwt(&unsigned, secret, 1000, 0),
+            None,
+            "empty signature"
+        );
         let hs512 = jwt(
             r#"{"alg":"HS512"}"#,
             r#"{"username":"alice","exp":2000}"#,
             secret,
         );
-        assert_eq!(verify_jwt(&hs512, secret, 1000), None, "other algorithm");
+        assert_eq!(verify_jwt(&hs512, secret, 1000, 0), None, "other algorithm");
         let no_exp = jwt(hs256, r#"{"username":"alice"}"#, secret);
-        assert_eq!(verify_jwt(&no_exp, secret, 1000), None, "exp is required");
+        assert_eq!(
+            verify_jwt(&no_exp, secret, 1000, 0),
+            None,
+            "exp is required"
+        );
+    }
+
+    #[test]
+    fn jwt_not_yet_valid_or_issued_in_the_future_is_refused_as_influxdb_does() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let hs256 = r#"{"alg":"HS256"}"#;
+        let token = |claims: &str| jwt(hs256, claims, secret);
+        let cases = [
+            // (claims, now, leeway, accepted)
+            (r#"{"username":"a","exp":5000,"nbf":1000}"#, 1000, 0, true),
+            (r#"{"username":"a","exp":5000,"nbf":1001}"#, 1000, 0, false),
+            (
+                r#"{"username":"a","exp":5000,"nbf":1001.9}"#,
+                1000,
+                0,
+                false,
+            ),
+            (r#"{"username":"a","exp":5000,"iat":1000}"#, 1000, 0, true),
+            (r#"{"username":"a","exp":5000,"iat":1001}"#, 1000, 0, false),
+            (
+                r#"{"username":"a","exp":5000,"iat":1030,"nbf":1030}"#,
+                1000,
+                30,
+                true,
+            ),
+            (r#"{"username":"a","exp":5000,"iat":1031}"#, 1000, 30, false),
+            (r#"{"username":"a","exp":970}"#, 1000, 30, true),
+            (r#"{"username":"a","exp":969}"#, 1000, 30, false),
+            // jwt-go checks only numeric time claims.
+            (
+                r#"{"username":"a","exp":5000,"nbf":"tomorrow"}"#,
+                1000,
+                0,
+                true,
+            ),
+        ];
+        for (claims, now, leeway, accepted) in cases {
+            assert_eq!(
+                verify_jwt(&token(claims), secret, now, leeway).is_some(),
+                accepted,
+                "{claims} at {now} with leeway {leeway}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -669,7 +829,10 @@ mod tests {
             secret.as_bytes(),
         );
         assert_eq!(
-            auth.authenticate(Presented::Jwt(alice)).await.unwrap().name,
+            auth.authenticate(Presented::Jwt(alice), CLIENT)
+                .await
+                .unwrap()
+                .name,
             "alice"
         );
         let mallory = jwt(
@@ -677,6 +840,9 @@ mod tests {
             r#"{"username":"mallory","exp":99999999999}"#,
             secret.as_bytes(),
         );
-        assert!(auth.authenticate(Presented::Jwt(mallory)).await.is_err());
+        assert!(auth
+            .authenticate(Presented::Jwt(mallory), CLIENT)
+            .await
+            .is_err());
     }
 }

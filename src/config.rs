@@ -81,6 +81,8 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
     pub users: Vec<UserConfig>,
     pub jwt_secret: Option<Secret>,
+    /// Clock skew allowed on a JWT's `exp`, `nbf` and `iat` (`auth.jwt.leeway`).
+    pub jwt_leeway: Duration,
 }
 
 /// A `[[auth.tokens]]` entry: a principal that presents a token.
@@ -440,6 +442,7 @@ struct RawUser {
 #[serde(deny_unknown_fields)]
 struct RawJwt {
     shared_secret: String,
+    leeway: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -950,6 +953,26 @@ fn validate_auth(
         }
         Secret(j.shared_secret.clone())
     });
+    let jwt_leeway = match raw.jwt.as_ref().and_then(|j| j.leeway.as_deref()) {
+        None => Duration::ZERO,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d <= MAX_JWT_LEEWAY => d,
+            Ok(_) => {
+                c.error(
+                    "auth.jwt.leeway",
+                    format!("{text:?} is more than 5m: a leeway is for clock skew"),
+                );
+                Duration::ZERO
+            }
+            Err(_) => {
+                c.error(
+                    "auth.jwt.leeway",
+                    format!("invalid duration {text:?} (use e.g. \"0s\", \"30s\")"),
+                );
+                Duration::ZERO
+            }
+        },
+    };
     match mode {
         AuthMode::Proxy if tokens.is_empty() && users.is_empty() => {
             c.error(
@@ -975,8 +998,12 @@ fn validate_auth(
         tokens,
         users,
         jwt_secret,
+        jwt_leeway,
     }
 }
+
+/// Largest `auth.jwt.leeway`: enough for clock skew, too little to revive old tokens.
+const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -63,6 +63,8 @@ pub enum ProxyError {
     },
     #[error("too many failed logins from this address; retry in {retry_after} s")]
     LoginThrottled { retry_after: u64 },
+    #[error("too many logins under way from this address; retry in {retry_after} s")]
+    LoginsPending { retry_after: u64 },
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -121,7 +123,9 @@ impl ProxyError {
             }
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden { .. } => StatusCode::FORBIDDEN,
-            RateLimited { .. } | LoginThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | LoginThrottled { .. } | LoginsPending { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -183,7 +187,8 @@ impl ProxyError {
         if matches!(status.as_u16(), 429 | 503) {
             let seconds = match &self {
                 ProxyError::RateLimited { retry_after, .. }
-                | ProxyError::LoginThrottled { retry_after } => *retry_after,
+                | ProxyError::LoginThrottled { retry_after }
+                | ProxyError::LoginsPending { retry_after } => *retry_after,
                 _ => 1,
             };
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));

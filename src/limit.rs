@@ -1,17 +1,18 @@
-//! Rate limits with governor: each principal's requests per second and decoded body bytes
-//! per second (429 with `Retry-After`), and the failed-login throttle per client address
-//! that makes password guessing slow and cheap (429 without checking anything).
+//! Rate limits: each principal's requests per second and decoded body bytes per second, with
+//! governor (429 with `Retry-After`), and the login throttle per client address that makes
+//! password guessing slow and cheap (429 without checking anything).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock, Reference};
+use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 
 use crate::config::RateConfig;
 use crate::error::ProxyError;
@@ -109,72 +110,142 @@ fn retry_after(wait: Duration) -> u64 {
 /// allowance comes back.
 pub const FAILED_LOGIN_BURST: u32 = 10;
 pub const FAILED_LOGIN_REFILL: Duration = Duration::from_secs(6);
-
-/// Counts failed logins per client address; past the allowance the address gets 429 for a
-/// while, before any credential is looked at.
-pub struct LoginThrottle<C: Clock = DefaultClock> {
-    failures: RateLimiter<
-        IpAddr,
-        governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
-        C,
-        NoOpMiddleware<C::Instant>,
-    >,
-    blocked: Mutex<HashMap<IpAddr, C::Instant>>,
-    clock: C,
-}
-
-impl LoginThrottle<DefaultClock> {
-    pub fn new() -> Self {
-        Self::with_clock(DefaultClock::default())
-    }
-}
-
-impl Default for LoginThrottle<DefaultClock> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Addresses tracked before old entries are pruned.
+/// Password hashes one address may have under way (or waiting) at once: the rest of its
+/// attempts get 429 without a hash, so no client can queue up the hashes of everyone else.
+pub const HASHES_PER_ADDRESS: u32 = 2;
+/// Addresses tracked before entries with nothing outstanding are pruned.
 const MAX_TRACKED: usize = 100_000;
 
-impl<C: Clock + Clone> LoginThrottle<C> {
-    pub fn with_clock(clock: C) -> Self {
-        let quota = Quota::with_period(FAILED_LOGIN_REFILL)
-            .expect("non-zero period")
-            .allow_burst(NonZeroU32::new(FAILED_LOGIN_BURST).expect("non-zero burst"));
-        Self {
-            failures: RateLimiter::dashmap_with_clock(quota, clock.clone()),
-            blocked: Mutex::new(HashMap::new()),
-            clock,
-        }
+/// Counts failed and pending logins per client address. A check counts against its address
+/// from the moment it starts, so concurrent guesses cannot outrun the allowance: once
+/// failures and checks under way reach [`FAILED_LOGIN_BURST`], the address gets 429 before
+/// any credential is looked at. IPv6 clients are counted per /64, the block one host gets.
+#[derive(Default)]
+pub struct LoginThrottle {
+    addresses: Arc<Mutex<HashMap<IpAddr, Address>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Address {
+    /// When the failure allowance is whole again: each failure pushes it one refill period
+    /// further (a GCRA-style bucket).
+    whole_at: Instant,
+    /// Checks started and not yet finished.
+    pending: u32,
+}
+
+impl Address {
+    /// Failures not yet refilled.
+    fn failures(&self, now: Instant) -> u32 {
+        let debt = self.whole_at.saturating_duration_since(now);
+        debt.as_nanos().div_ceil(FAILED_LOGIN_REFILL.as_nanos()) as u32
     }
 
-    /// Refuses an address that is throttled.
-    pub fn check(&self, ip: IpAddr) -> Result<(), ProxyError> {
-        let blocked = self.blocked.lock().expect("throttle lock");
-        match blocked.get(&ip) {
-            Some(until) if *until > self.clock.now() => Err(ProxyError::LoginThrottled {
-                retry_after: retry_after(until.duration_since(self.clock.now()).into()),
-            }),
-            _ => Ok(()),
+    /// The 429 for an address whose failures and pending checks use up the allowance.
+    fn refusal(&self, now: Instant) -> Option<ProxyError> {
+        if self.failures(now) + self.pending < FAILED_LOGIN_BURST {
+            return None;
         }
-    }
-
-    /// Records a failed login; returns the 429 when this one used up the allowance.
-    pub fn failed(&self, ip: IpAddr) -> Option<ProxyError> {
-        let not_until = self.failures.check_key(&ip).err()?;
-        let now = self.clock.now();
-        let wait = not_until.wait_time_from(now);
-        let mut blocked = self.blocked.lock().expect("throttle lock");
-        if blocked.len() >= MAX_TRACKED {
-            blocked.retain(|_, until| *until > now);
-            self.failures.retain_recent();
-        }
-        blocked.insert(ip, now + wait.into());
+        // Room comes back when enough failures have refilled for one more check; a check
+        // under way frees its place within a second.
+        let room = FAILED_LOGIN_BURST.saturating_sub(self.pending + 1);
+        let wait = self
+            .whole_at
+            .saturating_duration_since(now + FAILED_LOGIN_REFILL * room);
         Some(ProxyError::LoginThrottled {
             retry_after: retry_after(wait),
         })
+    }
+}
+
+/// A password check under way for an address, counted until dropped. It is `'static` so the
+/// hash can own it: a client that disconnects mid-check keeps its place until the hash ends.
+pub struct Pending {
+    addresses: Arc<Mutex<HashMap<IpAddr, Address>>>,
+    key: IpAddr,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut addresses = lock(&self.addresses);
+        if let Some(address) = addresses.get_mut(&self.key) {
+            address.pending = address.pending.saturating_sub(1);
+        }
+    }
+}
+
+impl LoginThrottle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Address>> {
+        lock(&self.addresses)
+    }
+
+    /// Refuses an address whose failures and checks under way use up its allowance.
+    pub fn check(&self, ip: IpAddr) -> Result<(), ProxyError> {
+        let now = Instant::now();
+        match self.lock().get(&key(ip)).and_then(|a| a.refusal(now)) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a costly check (a password hash) for `ip`: refused when the address is
+    /// throttled or already has [`HASHES_PER_ADDRESS`] under way.
+    pub fn begin(&self, ip: IpAddr) -> Result<Pending, ProxyError> {
+        let now = Instant::now();
+        let key = key(ip);
+        let mut addresses = self.lock();
+        if addresses.len() >= MAX_TRACKED && !addresses.contains_key(&key) {
+            addresses.retain(|_, a| a.pending > 0 || a.whole_at > now);
+        }
+        let address = addresses.entry(key).or_insert(Address {
+            whole_at: now,
+            pending: 0,
+        });
+        if let Some(refusal) = address.refusal(now) {
+            return Err(refusal);
+        }
+        if address.pending >= HASHES_PER_ADDRESS {
+            return Err(ProxyError::LoginsPending { retry_after: 1 });
+        }
+        address.pending += 1;
+        Ok(Pending {
+            addresses: self.addresses.clone(),
+            key,
+        })
+    }
+
+    /// Records a failed login from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut addresses = self.lock();
+        if addresses.len() >= MAX_TRACKED {
+            addresses.retain(|_, a| a.pending > 0 || a.whole_at > now);
+        }
+        let address = addresses.entry(key(ip)).or_insert(Address {
+            whole_at: now,
+            pending: 0,
+        });
+        address.whole_at = address.whole_at.max(now) + FAILED_LOGIN_REFILL;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What an address is counted as: IPv4 addresses alone, IPv6 by /64 (IPv4-mapped ones as
+/// IPv4).
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
     }
 }
 
@@ -258,29 +329,80 @@ mod tests {
         }
     }
 
-    #[test]
-    fn repeated_failed_logins_throttle_the_address_not_others() {
-        let clock = FakeRelativeClock::default();
-        let throttle = LoginThrottle::with_clock(clock.clone());
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failed_logins_throttle_the_address_not_others() {
+        let throttle = LoginThrottle::new();
         let (guesser, other): (IpAddr, IpAddr) =
             ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         for _ in 0..FAILED_LOGIN_BURST {
             throttle.check(guesser).unwrap();
-            assert!(throttle.failed(guesser).is_none());
+            drop(throttle.begin(guesser).unwrap());
+            throttle.failed(guesser);
         }
-        let err = throttle.failed(guesser).expect("allowance used up");
+        let err = throttle.check(guesser).expect_err("allowance used up");
         assert!(
             matches!(err, ProxyError::LoginThrottled { retry_after: 6 }),
             "{err:?}"
         );
-        assert!(throttle.check(guesser).is_err());
+        assert!(throttle.begin(guesser).is_err());
         throttle.check(other).unwrap();
-        clock.advance(FAILED_LOGIN_REFILL);
+        tokio::time::advance(FAILED_LOGIN_REFILL).await;
         throttle.check(guesser).unwrap();
+        throttle.failed(guesser);
         assert!(
-            throttle.failed(guesser).is_none(),
+            throttle.check(guesser).is_err(),
             "one more guess per refill period"
         );
-        assert!(throttle.failed(guesser).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_under_way_count_against_the_address_before_they_finish() {
+        let throttle = LoginThrottle::new();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..8 {
+            throttle.failed(ip);
+        }
+        let first = throttle.begin(ip).unwrap();
+        // 8 failures and 1 check under way leave room for one more check...
+        let second = throttle.begin(ip).unwrap();
+        // ...and none after it, before either has finished.
+        let err = throttle.begin(ip).err().expect("no third check");
+        assert!(matches!(err, ProxyError::LoginThrottled { .. }), "{err:?}");
+        assert!(throttle.check(ip).is_err());
+        // A check that succeeds gives its place back.
+        drop(first);
+        throttle.check(ip).unwrap();
+        drop(second);
+        throttle.failed(ip);
+        throttle.failed(ip);
+        assert!(throttle.check(ip).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_address_hashes_at_most_a_few_passwords_at_once() {
+        let throttle = LoginThrottle::new();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let under_way: Vec<_> = (0..HASHES_PER_ADDRESS)
+            .map(|_| throttle.begin(ip).unwrap())
+            .collect();
+        let err = throttle.begin(ip).err().expect("past the per-address cap");
+        assert!(
+            matches!(err, ProxyError::LoginsPending { retry_after: 1 }),
+            "{err:?}"
+        );
+        throttle.begin("10.0.0.2".parse().unwrap()).unwrap();
+        drop(under_way);
+        throttle.begin(ip).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(key(a), key(b));
+        assert_ne!(key(a), key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

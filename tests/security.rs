@@ -538,3 +538,180 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
         assert!(leaks.is_empty(), "secret {secret:?} in the log: {leaks:#?}");
     }
 }
+
+/// A client whose connections come from `127.0.0.<n>` (loopback takes any of them), so the
+/// login throttle counts it as an address of its own.
+fn client_from(n: u32) -> reqwest::Client {
+    let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 1, 0, 0)) + n);
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .local_address(std::net::IpAddr::V4(ip))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_from_one_address_cannot_outrun_the_login_throttle() {
+    let (upstream, proxy) = setup().await;
+    let url = proxy.url("/write?db=app_web");
+    let guesser = client_from(1);
+    // 100 guesses at once; the right password is the 80th.
+    let guesses = (0..100).map(|i| {
+        let password = if i == 79 {
+            ALICE_PASSWORD.to_string()
+        } else {
+            format!("guess-{i}")
+        };
+        let request = guesser
+            .post(&url)
+            .basic_auth("alice", Some(password))
+            .body("m v=1 1");
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses.iter().filter(|s| matches!(s, 204 | 401)).count();
+    assert!(
+        checked <= 10,
+        "at most the allowance of 10 credentials is looked at, got {checked}: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, 204 | 401 | 429)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        upstream.received().len(),
+        statuses.iter().filter(|&&s| s == 204).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_users_from_one_address_does_not_hold_up_another_login() {
+    let (_upstream, proxy) = setup().await;
+    let url = proxy.url("/write?db=app_web");
+    let flooder = client_from(2);
+    let flood: Vec<_> = (0..300)
+        .map(|i| {
+            let request = flooder
+                .post(&url)
+                .basic_auth(format!("nobody-{i}"), Some("x"))
+                .body("m v=1 1");
+            tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let response = client_from(3)
+        .post(&url)
+        .basic_auth("alice", Some(ALICE_PASSWORD))
+        .body("m v=1 1")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 204);
+    let mut hashed = 0;
+    for request in flood {
+        if request.await.unwrap().unwrap() == 401 {
+            hashed += 1;
+        }
+    }
+    assert!(hashed <= 10, "{hashed} hashes spent on one address's flood");
+    assert!(
+        waited < Duration::from_secs(1),
+        "a first login from elsewhere waited {waited:?} behind the flood"
+    );
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_takes_as_long_for_an_unknown_user_as_for_argon2_and_plain_password_users() {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let proxy = Proxy::start(&format!(
+        "[auth]\nmode = \"proxy\"\n\
+         [[auth.users]]\nusername = \"alice\"\npassword = \"{}\"\ndatabases = [\"*\"]\n\
+         [[auth.users]]\nusername = \"bob\"\npassword = \"bob-plain-password\"\ndatabases = [\"*\"]\n\
+         [clusters.default]\nnodes = [\"{}\"]\n",
+        hash_password(ALICE_PASSWORD),
+        upstream.url()
+    ))
+    .await;
+    let url = proxy.url("/write?db=d");
+    let users = ["alice", "bob", "mallory"];
+    let mut samples = vec![vec![]; users.len()];
+    // Interleaved, each request from an address of its own (no throttle, no cache).
+    for round in 0..21 {
+        for (k, user) in users.iter().enumerate() {
+            let client = client_from(100 + (round * users.len() + k) as u32);
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .basic_auth(user, Some("wrong-password"))
+                .body("m v=1 1")
+                .send()
+                .await
+                .unwrap();
+            samples[k].push(started.elapsed());
+            assert_eq!(response.status(), 401, "{user}");
+        }
+    }
+    let medians: Vec<Duration> = samples.into_iter().map(median).collect();
+    let unknown = medians[2];
+    for (user, m) in users.iter().zip(&medians) {
+        let ratio = m.as_secs_f64() / unknown.as_secs_f64();
+        assert!(
+            (0.5..2.0).contains(&ratio),
+            "{user}: median {m:?} against {unknown:?} for an unknown user (medians {medians:?})"
+        );
+    }
+    assert!(upstream.received().is_empty());
+}
+
+/// The status of a write to `url` with a JWT of `claims` signed with the configured secret.
+async fn write_with_jwt(url: &str, claims: &str) -> u16 {
+    let response = client_from(200)
+        .post(url)
+        .bearer_auth(jwt(claims, JWT_SECRET))
+        .body("m v=1 1")
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn jwts_not_yet_valid_or_issued_in_the_future_are_refused() {
+    let (upstream, proxy) = setup().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let url = proxy.url("/write?db=app_web");
+    let exp = now + 3600;
+    let claims =
+        |claim: &str, at: u64| format!(r#"{{"username":"alice","exp":{exp},"{claim}":{at}}}"#);
+    let cases = [
+        (claims("nbf", now - 5), 204),
+        (claims("iat", now - 5), 204),
+        (claims("nbf", now + 600), 401),
+        (claims("iat", now + 600), 401),
+    ];
+    for (claims, status) in &cases {
+        assert_eq!(write_with_jwt(&url, claims).await, *status, "{claims}");
+    }
+    assert_eq!(upstream.received().len(), 2);
+
+    // A leeway allows that much clock skew, and no more.
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let toml = config(&upstream.url(), "127.0.0.1:0")
+        .replace("[auth.jwt]\n", "[auth.jwt]\nleeway = \"30s\"\n");
+    let proxy = Proxy::start(&toml).await;
+    let url = proxy.url("/write?db=app_web");
+    for (ahead, status) in [(20, 204), (60, 401)] {
+        let status_seen = write_with_jwt(&url, &claims("iat", now + ahead)).await;
+        assert_eq!(status_seen, status, "issued {ahead} s ahead");
+    }
+}

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         match presented(query, &headers, jwt) {
             Presented::Jwt(token) => {
                 assert!(jwt);
-                let _ = verify_jwt(&token, b"0123456789abcdef0123456789abcdef", 0);
+                let _ = verify_jwt(&token, b"0123456789abcdef0123456789abcdef", 0, 0);
             }
             Presented::UserPassword { user, .. } => assert!(!user.is_empty() || headers.contains_key("authorization")),
             _ => {}
