@@ -409,6 +409,81 @@ async fn a_torn_last_record_is_reported_kept_and_not_replayed() {
     assert_eq!(damaged.len(), 1, "the torn bytes are kept: {damaged:?}");
     let kept = std::fs::read(&damaged[0]).unwrap();
     assert!(kept.ends_with(b"m v"), "{kept:?}");
+    let admin = proxy.admin_url("/metrics");
+    assert_eq!(spool_writes(&admin, "torn").await, 1.0);
+    assert_eq!(spool_writes(&admin, "damaged").await, 0.0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_costs_only_its_own_record_and_the_intact_ones_after_it_are_replayed() {
+    let node = Switchable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = spool_toml(&node.upstream.url(), dir.path(), "");
+    let proxy = Proxy::start(&toml).await;
+    let bodies: Vec<String> = (1..=20).map(|i| format!("m v={i} {i}\n")).collect();
+    for body in &bodies {
+        let (status, _) = write(&proxy.url(""), "db=d&consistency=any", body.clone()).await;
+        assert_eq!(status, 204);
+    }
+    proxy.stop().await;
+
+    // A bad sector: one bit flipped in the body of record 3 and one in record 10.
+    let segments = files_in(&dir.path().join("default"), ".seg");
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    let starts: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter_map(|(i, w)| (w == b"IWP1").then_some(i))
+        .collect();
+    assert_eq!(starts.len(), 20);
+    for record in [3, 10] {
+        // The last byte of the record is its body's final newline.
+        bytes[starts[record] - 1] ^= 0x04;
+    }
+    std::fs::write(&segments[0], &bytes).unwrap();
+
+    node.set_up();
+    let proxy = Proxy::start(&toml).await;
+    let expected: Vec<String> = bodies
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![2, 9].contains(i))
+        .map(|(_, b)| b.clone())
+        .collect();
+    eventually("the 18 intact records replayed", || {
+        node.delivered().len() >= expected.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.delivered(),
+        expected,
+        "in order, all but the two damaged"
+    );
+    let damaged = files_in(&dir.path().join("default/rejected"), ".bin");
+    let names: Vec<String> = damaged
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("damaged-{:020}-{}.bin", 1, starts[2]),
+            format!("damaged-{:020}-{}.bin", 1, starts[9]),
+        ],
+        "each damaged record kept alone, named by its offset"
+    );
+    assert_eq!(
+        std::fs::read(&damaged[0]).unwrap(),
+        &bytes[starts[2]..starts[3]]
+    );
+    let admin = proxy.admin_url("/metrics");
+    assert_eq!(spool_writes(&admin, "damaged").await, 2.0);
+    assert_eq!(spool_writes(&admin, "torn").await, 0.0);
+    assert_eq!(spool_writes(&admin, "replayed").await, 18.0);
+    assert_eq!(metric(&admin, "spool_entries", DEFAULT).await, 0.0);
     proxy.stop().await;
 }
 

@@ -11,7 +11,10 @@
 //! twice, which is harmless because every point was stamped with a timestamp before it was
 //! spooled, so a second delivery overwrites the same point with the same values). Segments
 //! are removed once replayed past. On start every segment is checked record by record; a torn
-//! tail (a crash mid-append) is copied to `rejected/` for inspection, cut off, and reported.
+//! tail (a crash mid-append) is copied to `rejected/` for inspection, cut off, and reported;
+//! a damaged record with intact ones after it (a disk fault) costs only itself: replay sets
+//! its bytes aside in `rejected/`, finds the next record whose header and checksum hold, and
+//! goes on from there.
 
 mod record;
 mod replay;
@@ -183,6 +186,8 @@ pub struct Queue {
     rejected: IntCounter,
     expired: IntCounter,
     refused: IntCounter,
+    /// Damaged records with intact ones after them (disk faults), set aside by replay.
+    damaged: IntCounter,
 }
 
 #[derive(Debug, Default)]
@@ -228,8 +233,13 @@ impl Queue {
     fn open(cluster: &str, config: &SpoolConfig, metrics: &Metrics) -> io::Result<Arc<Queue>> {
         let dir = config.dir.join(cluster);
         std::fs::create_dir_all(dir.join("rejected"))?;
-        let (state, next_seq) = recover(&dir)?;
+        let Recovered {
+            state,
+            next_seq,
+            torn,
+        } = recover(&dir)?;
         let counter = |result: &str| metrics.spool_writes.with_label_values(&[cluster, result]);
+        counter("torn").inc_by(torn);
         let queue = Arc::new(Queue {
             cluster: cluster.to_string(),
             max_bytes: config.max_bytes,
@@ -241,6 +251,7 @@ impl Queue {
             rejected: counter("rejected"),
             expired: counter("expired"),
             refused: counter("refused"),
+            damaged: counter("damaged"),
             state: Mutex::new(state),
             appends: Mutex::new(None),
             writer: Mutex::new(None),
@@ -468,6 +479,7 @@ impl Queue {
             Done::Replayed => self.replayed.inc_by(records),
             Done::Rejected => self.rejected.inc_by(records),
             Done::Expired => self.expired.inc_by(records),
+            Done::Damaged => self.damaged.inc_by(records),
         }
         let dir = self.dir.clone();
         let saved =
@@ -498,6 +510,8 @@ enum Done {
     Replayed,
     Rejected,
     Expired,
+    /// Damaged bytes set aside in `rejected/`.
+    Damaged,
 }
 
 /// The writer thread's side: the open segment and its length.
@@ -610,9 +624,21 @@ fn read_cursor(dir: &Path) -> Option<(u64, u64)> {
     Some((seq.parse().ok()?, offset.parse().ok()?))
 }
 
-/// Rebuilds a queue's state from its directory: checks every record after the cursor, cuts
-/// off (and keeps a copy of) a damaged tail. Returns the state and the next segment number.
-fn recover(dir: &Path) -> io::Result<(State, u64)> {
+/// What recovery found and set aside.
+#[derive(Debug, Default)]
+struct Recovered {
+    state: State,
+    next_seq: u64,
+    /// Damaged tails cut off (what a crash mid-append leaves).
+    torn: u64,
+}
+
+/// Rebuilds a queue's state from its directory: checks every record after the cursor. A
+/// damaged tail (nothing intact after it: a crash mid-append) is kept in `rejected/` and cut
+/// off. Damage with intact records after it is a disk fault: it stays where it is, counted
+/// as one entry, for replay to set aside when it gets there (`replay::set_aside_damaged`),
+/// and the records after it are replayed.
+fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
         .filter_map(|entry| {
             let name = entry.ok()?.file_name();
@@ -622,7 +648,8 @@ fn recover(dir: &Path) -> io::Result<(State, u64)> {
         .collect();
     seqs.sort_unstable();
     let cursor = read_cursor(dir);
-    let mut state = State::default();
+    let mut found = Recovered::default();
+    let state = &mut found.state;
     for &seq in &seqs {
         let path = segment_path(dir, seq);
         let start = match cursor {
@@ -648,12 +675,38 @@ fn recover(dir: &Path) -> io::Result<(State, u64)> {
                     state.entries += 1;
                 }
                 Ok(None) => break,
-                Err(damage) => {
-                    set_aside_damaged(dir, &file, seq, offset, end, damage)?;
-                    file.set_len(offset)?;
-                    file.sync_all()?;
-                    break;
-                }
+                Err(damage) => match record::next_intact(&file, offset + 1, end)? {
+                    Some(next) => {
+                        tracing::warn!(
+                            spool = %dir.display(),
+                            segment = seq,
+                            offset,
+                            bytes = next - offset,
+                            damage = damage.as_str(),
+                            "spool segment has a damaged record with intact ones after it (a disk fault?): \
+                             it will be set aside in rejected/ and the records after it replayed"
+                        );
+                        state.bytes += next - offset;
+                        state.entries += 1;
+                        offset = next;
+                    }
+                    None => {
+                        let kept = keep_damaged(dir, &file, seq, offset, end)?;
+                        tracing::warn!(
+                            spool = %dir.display(),
+                            segment = seq,
+                            offset,
+                            bytes = end - offset,
+                            damage = damage.as_str(),
+                            kept_as = %kept.display(),
+                            "spool segment ends in a damaged record (a crash mid-append?): not replayed, kept in rejected/"
+                        );
+                        file.set_len(offset)?;
+                        file.sync_all()?;
+                        found.torn += 1;
+                        break;
+                    }
+                },
             }
         }
         state.segments.push_back(Segment {
@@ -662,35 +715,21 @@ fn recover(dir: &Path) -> io::Result<(State, u64)> {
             active: false,
         });
     }
-    let next_seq = seqs.last().map_or(1, |s| s + 1);
-    Ok((state, next_seq))
+    found.next_seq = seqs.last().map_or(1, |s| s + 1);
+    Ok(found)
 }
 
-/// Copies the damaged bytes `offset..end` of a segment into `rejected/` and reports them.
-fn set_aside_damaged(
-    dir: &Path,
-    file: &File,
-    seq: u64,
-    offset: u64,
-    end: u64,
-    damage: Damage,
-) -> io::Result<()> {
+/// Copies the damaged bytes `offset..end` of a segment into `rejected/`, fsynced; returns
+/// the copy's path.
+fn keep_damaged(dir: &Path, file: &File, seq: u64, offset: u64, end: u64) -> io::Result<PathBuf> {
     use std::os::unix::fs::FileExt;
     let mut bytes = vec![0u8; (end - offset) as usize];
     file.read_exact_at(&mut bytes, offset)?;
-    let name = format!("damaged-{seq:020}-{offset}.bin");
-    let path = dir.join("rejected").join(&name);
+    let path = dir
+        .join("rejected")
+        .join(format!("damaged-{seq:020}-{offset}.bin"));
     write_synced(&path, &bytes)?;
-    tracing::warn!(
-        spool = %dir.display(),
-        segment = seq,
-        offset,
-        bytes = end - offset,
-        damage = damage.as_str(),
-        kept_as = %path.display(),
-        "spool segment ends in a damaged record (a crash mid-append?): not replayed, kept in rejected/"
-    );
-    Ok(())
+    Ok(path)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {

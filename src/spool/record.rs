@@ -124,6 +124,33 @@ pub fn read_at(file: &File, offset: u64, end: u64) -> io::Result<Result<Option<R
     Ok(Record::decode(payload).ok_or(Damage::BadPayload)).map(|r| r.map(Some))
 }
 
+/// Bytes read at a time while looking for the next record after damage.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// Where the first intact record after `from` starts (before `end`): the next `IWP1` whose
+/// length and checksum hold. `None` when there is none, so the damage runs to the end (a
+/// torn tail). Reads the file a chunk at a time, never the whole segment at once.
+pub fn next_intact(file: &File, from: u64, end: u64) -> io::Result<Option<u64>> {
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    let mut at = from;
+    while at < end {
+        let len = (end - at).min(SCAN_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..len], at)?;
+        for found in memchr::memmem::find_iter(&chunk[..len], &MAGIC) {
+            let candidate = at + found as u64;
+            if let Ok(Some(_)) = read_at(file, candidate, end)? {
+                return Ok(Some(candidate));
+            }
+        }
+        if at + (len as u64) >= end {
+            break;
+        }
+        // Step back so a marker across the chunk boundary is not missed.
+        at += (len - (MAGIC.len() - 1)) as u64;
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +210,40 @@ mod tests {
             let read = read_at(&f, 0, end).unwrap();
             assert!(read.is_err(), "flip at byte {i} went unnoticed: {read:?}");
         }
+    }
+
+    #[test]
+    fn the_next_intact_record_is_found_after_damage_and_none_after_a_torn_tail() {
+        let records: Vec<Record> = (0..5)
+            .map(|_| record(b"cpu v=1 1\nIWP1 in a body\n"))
+            .collect();
+        let (file, end) = write(&records);
+        let len = records[0].encoded_len();
+        let mut bytes = std::fs::read(file.path()).unwrap();
+        // A flipped bit in the payload of the third record.
+        bytes[(2 * len + HEADER + 3) as usize] ^= 0x01;
+        std::fs::write(file.path(), &bytes).unwrap();
+        let f = File::open(file.path()).unwrap();
+        assert_eq!(read_at(&f, 2 * len, end).unwrap(), Err(Damage::BadChecksum));
+        assert_eq!(next_intact(&f, 2 * len + 1, end).unwrap(), Some(3 * len));
+        // Damage in the last record: nothing intact follows.
+        assert_eq!(next_intact(&f, 4 * len + 1, end).unwrap(), None);
+        assert_eq!(next_intact(&f, 4 * len + 1, end - 5).unwrap(), None);
+    }
+
+    #[test]
+    fn a_record_across_a_scan_chunk_boundary_is_found() {
+        // Sized so that, scanning from byte 1, the next marker starts two bytes before the
+        // end of the first chunk.
+        let overhead = record(b"").encoded_len() as usize;
+        let big = Record {
+            body: Bytes::from(vec![b'x'; SCAN_CHUNK - 1 - overhead]),
+            ..record(b"")
+        };
+        assert_eq!(big.encoded_len() as usize, SCAN_CHUNK - 1);
+        let small = record(b"cpu v=1 1\n");
+        let (file, end) = write(&[big.clone(), small]);
+        let f = file.as_file();
+        assert_eq!(next_intact(f, 1, end).unwrap(), Some(big.encoded_len()));
     }
 }

@@ -281,22 +281,37 @@ async fn reject(
     queue.advance(at, record.encoded_len(), 1, done).await;
 }
 
-/// Committed bytes that do not read back as a record: the disk changed under us. Keep them,
-/// say so, and go on after them.
+/// Committed bytes that do not read back as a record: the disk changed under us. Keep them
+/// in `rejected/`, say so, count them, and go on at the next intact record (or the end of
+/// what was committed, when none follows).
 async fn set_aside_damaged(queue: &Queue, at: Position, damage: Damage) {
     let dir = queue.dir.clone();
     let kept = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(super::segment_path(&dir, at.seq))?;
-        super::set_aside_damaged(&dir, &file, at.seq, at.offset, at.end, damage)
+        let next = super::record::next_intact(&file, at.offset + 1, at.end)?;
+        let end = next.unwrap_or(at.end);
+        let path = super::keep_damaged(&dir, &file, at.seq, at.offset, end)?;
+        Ok::<_, std::io::Error>((end, next.is_some(), path))
     })
     .await
     .expect("copying bytes does not panic");
-    if let Err(e) = kept {
-        tracing::error!(cluster = %queue.cluster, error = %e, "cannot keep damaged spool bytes; retrying");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
-    }
-    queue
-        .advance(at, at.end - at.offset, 1, Done::Rejected)
-        .await;
+    let (end, more, path) = match kept {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::error!(cluster = %queue.cluster, error = %e, "cannot keep damaged spool bytes; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    };
+    tracing::error!(
+        cluster = %queue.cluster,
+        segment = at.seq,
+        offset = at.offset,
+        bytes = end - at.offset,
+        damage = damage.as_str(),
+        kept_as = %path.display(),
+        intact_records_follow = more,
+        "damaged spool record (a disk fault?): set aside in rejected/, replay goes on after it"
+    );
+    queue.advance(at, end - at.offset, 1, Done::Damaged).await;
 }
