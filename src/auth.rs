@@ -98,7 +98,9 @@ pub fn presented(query: Option<&str>, headers: &HeaderMap, jwt: bool) -> Present
     let Some(header) = headers.get(AUTHORIZATION) else {
         return Presented::None;
     };
-    let Ok(header) = header.to_str() else {
+    // UTF-8, not only visible ASCII: InfluxDB takes the header's bytes as they are, so a
+    // password with non-ASCII characters works in `Token user:password` as in `Basic`.
+    let Ok(header) = std::str::from_utf8(header.as_bytes()) else {
         return Presented::Malformed;
     };
     let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
@@ -582,6 +584,13 @@ mod tests {
             presented(None, &headers("Token al:pw:x"), false),
             up("al", "pw:x")
         );
+        // A UTF-8 password reads as it does in Basic.
+        let mut utf8 = HeaderMap::new();
+        utf8.insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes("Token al:pässwörd".as_bytes()).unwrap(),
+        );
+        assert_eq!(presented(None, &utf8, false), up("al", "pässwörd"));
         assert_eq!(
             presented(None, &headers("Bearer abc"), false),
             Presented::Token("abc".into())

@@ -77,6 +77,9 @@ pub enum ProxyError {
         status: StatusCode,
         message: String,
         version: Option<HeaderValue>,
+        /// The upstream's own `X-Influxdb-Error`, passed on as it came when it was a legal
+        /// header value.
+        header: Option<HeaderValue>,
     },
     #[error("no node of cluster {cluster:?} could take the write")]
     UpstreamUnavailable {
@@ -181,7 +184,13 @@ impl ProxyError {
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 headers.insert(WWW_AUTHENTICATE, value);
             }
-        } else if let Ok(value) = HeaderValue::from_str(&header_safe(&message)) {
+        } else if let ProxyError::Upstream {
+            header: Some(header),
+            ..
+        } = &self
+        {
+            headers.insert("x-influxdb-error", header.clone());
+        } else if let Ok(value) = HeaderValue::from_bytes(&header_safe(&message)) {
             headers.insert("x-influxdb-error", value);
         }
         if matches!(status.as_u16(), 429 | 503) {
@@ -235,20 +244,20 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     ProxyError::Panic.into_response(Api::V1, "")
 }
 
-/// Header values cannot hold control characters; upstream messages may (multi-line errors).
-fn header_safe(message: &str) -> String {
-    let mut out: String = message
-        .chars()
-        .map(|c| {
-            if c.is_control() || !c.is_ascii() {
-                ' '
+/// `X-Influxdb-Error` as InfluxDB writes it: the message's first 1,024 bytes, newlines as
+/// spaces (Go's header writer does that). Other control characters, which InfluxDB sends raw
+/// but HTTP does not allow, become spaces too; tabs and non-ASCII bytes stay.
+fn header_safe(message: &str) -> Vec<u8> {
+    message.as_bytes()[..message.len().min(1024)]
+        .iter()
+        .map(|&b| {
+            if b < 0x20 && b != b'\t' || b == 0x7f {
+                b' '
             } else {
-                c
+                b
             }
         })
-        .collect();
-    out.truncate(1024);
-    out
+        .collect()
 }
 
 #[cfg(test)]
@@ -315,10 +324,14 @@ mod tests {
     }
 
     #[test]
-    fn upstream_messages_are_made_header_safe() {
+    fn upstream_messages_are_made_header_safe_as_influxdb_does() {
+        // Newlines and other control characters become spaces; tabs and UTF-8 stay.
         assert_eq!(
-            header_safe("partial write:\nbad ünit"),
-            "partial write: bad  nit"
+            header_safe("partial write:\nbad ünit\t\u{0}x"),
+            "partial write: bad ünit\t x".as_bytes()
         );
+        // Cut at 1,024 bytes, as InfluxDB cuts it.
+        assert_eq!(header_safe(&"é".repeat(1000)).len(), 1024);
+        assert!(HeaderValue::from_bytes(&header_safe(&"é".repeat(1000))).is_ok());
     }
 }

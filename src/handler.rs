@@ -429,7 +429,8 @@ fn client_credentials(params: &WriteParams, header: Option<&HeaderValue>) -> Opt
         return Some(upstream::basic(user, password.expose()));
     }
     let header = header?;
-    if let Some(pair) = header.to_str().ok().and_then(|h| h.strip_prefix("Token ")) {
+    let text = std::str::from_utf8(header.as_bytes()).ok();
+    if let Some(pair) = text.and_then(|h| h.strip_prefix("Token ")) {
         if let Some((user, password)) = pair.split_once(':') {
             return Some(upstream::basic(user, password));
         }

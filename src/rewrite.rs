@@ -103,8 +103,10 @@ fn consistency(value: Option<Cow<'_, str>>) -> Result<Option<String>, ProxyError
     }
 }
 
-/// A request query decoded as Go's `url.ParseQuery` does (`+` is a space, first value wins),
-/// except that only the parameters the proxy reads are decoded, and those must be UTF-8.
+/// A request query read as InfluxDB reads it, through Go's `url.ParseQuery` (Go 1.17 and
+/// later, which every InfluxDB 1.x build since 1.8.10 and Debian's use): pairs split at `&`,
+/// a pair containing `;` or a malformed `%` escape is dropped, `+` is a space, the first
+/// value wins. Only the parameters the proxy reads are decoded, and those must be UTF-8.
 pub struct Query<'a> {
     pairs: Vec<(&'a str, &'a str)>,
 }
@@ -127,8 +129,9 @@ impl<'a> Query<'a> {
         let pairs: Vec<_> = query
             .unwrap_or("")
             .split('&')
-            .filter(|pair| !pair.is_empty())
+            .filter(|pair| !pair.is_empty() && !pair.contains(';'))
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .filter(|(key, value)| well_escaped(key) && well_escaped(value))
             .collect();
         let query = Self { pairs };
         // Reject undecodable known parameters up front, so `get` can be infallible.
@@ -156,6 +159,14 @@ impl<'a> Query<'a> {
         let p = self.get("p").filter(|p| !p.is_empty())?;
         Some((u.into(), Secret::new(p.into())))
     }
+}
+
+/// Every `%` is followed by two hex digits (else Go's `QueryUnescape` fails).
+fn well_escaped(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'%', bytes).all(|i| {
+        bytes.len() > i + 2 && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit()
+    })
 }
 
 fn decode(text: &str) -> Option<Cow<'_, str>> {
@@ -249,6 +260,24 @@ mod tests {
             .unwrap()
             .user
             .is_none());
+    }
+
+    #[test]
+    fn pairs_go_drops_are_not_read() {
+        // `;` no longer separates pairs (Go 1.17): the whole pair is dropped.
+        assert!(matches!(
+            WriteParams::from_v1(Some("db=x;precision=s")),
+            Err(ProxyError::DatabaseRequired)
+        ));
+        let p = WriteParams::from_v1(Some("db=x&precision=s;rp=y&rp=r")).unwrap();
+        assert_eq!(p.upstream_query(), "db=x&rp=r&precision=n");
+        // A malformed escape drops its pair too.
+        assert!(matches!(
+            WriteParams::from_v1(Some("db=a%zz")),
+            Err(ProxyError::DatabaseRequired)
+        ));
+        let p = WriteParams::from_v1(Some("db=a%2&db=b")).unwrap();
+        assert_eq!(p.db, "b");
     }
 
     #[test]

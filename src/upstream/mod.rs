@@ -32,8 +32,9 @@ use crate::rewrite::WriteParams;
 use node::{Node, Transition};
 use retry::{Decision, Reason};
 
-/// Longest upstream error body read to pass its message on.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest upstream error body read to pass its message on: InfluxDB lists every bad line,
+/// so a large batch's error runs to hundreds of kilobytes.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
@@ -98,6 +99,9 @@ fn client(config: &ClusterConfig) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
+        // InfluxDB copies a point's bytes into `X-Influxdb-Error`, NULs included: such a
+        // header is dropped (and rebuilt from the body) rather than failing the answer.
+        .http1_ignore_invalid_headers_in_responses(true)
         .build(connector)
 }
 
@@ -368,6 +372,7 @@ impl Cluster {
             status: parts.status,
             message,
             version,
+            header: parts.headers.get("x-influxdb-error").cloned(),
         })
     }
 

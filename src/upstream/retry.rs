@@ -87,6 +87,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             message: message.into(),
             version: None,
+            header: None,
         })
     }
 

@@ -1,0 +1,247 @@
+//! The quick answer for the common body, where every point already carries a timestamp: one
+//! pass over each frame as it arrives, looking only at the bytes before each newline. A body
+//! it clears needs no change; anything else goes to the line-by-line judgement.
+
+use super::point::is_whitespace;
+
+/// The top bit of each byte of `word` that is not an ASCII digit. After `^ b'0'` a digit is
+/// 0..=9; a byte is not one when it is 128 or more or its low seven bits are 10 or more
+/// (adding 118 to them sets the top bit without carrying into the next byte).
+fn non_digits(word: u64) -> u64 {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const PAST_NINE: u64 = 0x7676_7676_7676_7676;
+    const TOP: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ ZEROS;
+    (((x & LOW7) + PAST_NINE) | x) & TOP
+}
+
+/// Whether the byte after `before` is escaped: `before` ends in an odd number of backslashes.
+pub(super) fn escaped(before: &[u8]) -> bool {
+    before.iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+/// A point has a timestamp when it ends in an unescaped space and an integer, with something
+/// before that space. For a valid point that is exactly InfluxDB's rule: a field set cannot
+/// end that way (a value after a space inside a string ends with the closing quote), so the
+/// only lines judged otherwise are ones InfluxDB rejects whatever the proxy does to them.
+pub(super) fn has_timestamp(line: &[u8]) -> bool {
+    let mut i = line.len();
+    // Nanosecond timestamps are 19 digits: eight bytes at a time, the last non-digit of a
+    // word found from its mask, so no byte loop runs on lines of eight bytes or more.
+    while i >= 8 {
+        let word = u64::from_le_bytes(line[i - 8..i].try_into().expect("eight bytes"));
+        let mask = non_digits(word);
+        if mask != 0 {
+            // Little-endian: the highest set bit is the non-digit nearest the line's end.
+            i = i - 8 + (7 - mask.leading_zeros() as usize / 8) + 1;
+            break;
+        }
+        i -= 8;
+    }
+    if i < 8 {
+        while i > 0 && line[i - 1].is_ascii_digit() {
+            i -= 1;
+        }
+    }
+    if i == line.len() {
+        return false;
+    }
+    if i > 0 && line[i - 1] == b'-' {
+        i -= 1;
+    }
+    i > 1
+        && line[i - 1] == b' '
+        && !escaped(&line[..i - 1])
+        && line[..i - 1].iter().any(|&b| !is_whitespace(b))
+}
+
+/// The fast answer for the common body, where every point already has a timestamp: checks
+/// the end of every newline-separated segment, without tracking quotes. A newline inside a
+/// string only splits a point into segments whose last one still ends the point, so when
+/// every non-blank segment ends in a timestamp, so does every point. Returns the number of
+/// points, or `None` when some segment does not qualify (and the body needs the full scan).
+///
+/// The body may come in several chunks, as it was read; only a segment that straddles two
+/// chunks is copied.
+pub fn all_timestamped<B: AsRef<[u8]>>(chunks: &[B]) -> Option<u64> {
+    let mut check = TimestampCheck::default();
+    for chunk in chunks {
+        check.feed(chunk.as_ref());
+    }
+    check.finish()
+}
+
+/// [`all_timestamped`] fed one chunk at a time, as the body arrives, so each chunk is
+/// scanned while it is still in cache.
+#[derive(Debug, Default)]
+pub struct TimestampCheck {
+    /// The unfinished segment at the end of the chunks fed so far.
+    carry: Vec<u8>,
+    points: u64,
+    failed: bool,
+}
+
+impl TimestampCheck {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk) {
+            let checked = if start == 0 && !self.carry.is_empty() {
+                self.carry.extend_from_slice(&chunk[..end]);
+                let checked = check_segment(&self.carry);
+                self.carry.clear();
+                checked
+            } else {
+                check_segment(&chunk[start..end])
+            };
+            match checked {
+                Some(points) => self.points += points,
+                None => {
+                    self.failed = true;
+                    return;
+                }
+            }
+            start = end + 1;
+        }
+        self.carry.extend_from_slice(&chunk[start..]);
+    }
+
+    /// The number of points when every one had a timestamp, else `None`.
+    pub fn finish(self) -> Option<u64> {
+        if self.failed {
+            return None;
+        }
+        Some(self.points + check_segment(&self.carry)?)
+    }
+}
+
+/// One segment of [`all_timestamped`]: `Some(1)` for a timestamped point, `Some(0)` for a
+/// blank line or a comment ending in digits, `None` for anything else.
+fn check_segment(segment: &[u8]) -> Option<u64> {
+    match segment.first() {
+        None => return Some(0),
+        Some(&b) if is_whitespace(b) && segment.iter().all(|&b| is_whitespace(b)) => {
+            return Some(0)
+        }
+        Some(_) => {}
+    }
+    // A comment that happens to end in digits is still a comment; anything else that does
+    // not end in a timestamp (or ends in `\r`) sends the body to the full scan.
+    has_timestamp(segment).then_some(u64::from(segment[0] != b'#'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lineproto::summarize;
+
+    #[test]
+    fn timestamp_check_matches_a_bytewise_reading() {
+        fn reference(line: &[u8]) -> bool {
+            let mut i = line.len();
+            while i > 0 && line[i - 1].is_ascii_digit() {
+                i -= 1;
+            }
+            if i == line.len() {
+                return false;
+            }
+            if i > 0 && line[i - 1] == b'-' {
+                i -= 1;
+            }
+            i > 1
+                && line[i - 1] == b' '
+                && !escaped(&line[..i - 1])
+                && line[..i - 1].iter().any(|&b| !is_whitespace(b))
+        }
+        let alphabet = b"0123456789 -\\x=";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 58) as usize;
+            let line: Vec<u8> = (0..len)
+                .map(|k| {
+                    let r = seed.rotate_left(k as u32 * 5) as usize;
+                    // Digit runs are common, so the eight-byte path is exercised.
+                    if r % 4 != 0 {
+                        b'0' + (r % 10) as u8
+                    } else {
+                        alphabet[r / 4 % alphabet.len()]
+                    }
+                })
+                .collect();
+            assert_eq!(
+                has_timestamp(&line),
+                reference(&line),
+                "{:?}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+    }
+
+    #[test]
+    fn eight_byte_digit_mask_matches_bytewise_test() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Mostly digits, with every byte value showing up.
+            let probe: [u8; 8] = std::array::from_fn(|k| {
+                let r = (seed >> (k * 8)) as u8;
+                if r % 3 == 0 {
+                    r
+                } else {
+                    b'0' + r % 10
+                }
+            });
+            let mask = non_digits(u64::from_le_bytes(probe));
+            for (k, b) in probe.iter().enumerate() {
+                assert_eq!(
+                    mask >> (8 * k + 7) & 1 == 1,
+                    !b.is_ascii_digit(),
+                    "{probe:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_check_never_skips_a_point_the_full_scan_would_stamp() {
+        let tricky = [
+            "m s=\"a\n# x\"\n",
+            "m s=\"a 1\n2\" 3\n",
+            "m s=\"a\n 12\"\n",
+            "m v=1 12\r\n",
+            "m v=1\\ 12\n",
+            "# only a comment 12\n",
+        ];
+        for body in tricky {
+            let fast = all_timestamped(&[body]).is_some();
+            let full = summarize(body.as_bytes());
+            assert!(
+                !fast || (full.untimed == 0 && full.crlf == 0),
+                "{body:?}: {full:?}"
+            );
+        }
+        assert_eq!(all_timestamped(&[b"a v=1 1\n\n# c 5\nb v=2 -2"]), Some(2));
+        // Split anywhere, the answer is the same.
+        let body = b"a v=1 1\nb s=\"x\n\" 2\nc v=3\n";
+        for cut in 0..body.len() {
+            for cut2 in cut..body.len() {
+                let chunks = [&body[..cut], &body[cut..cut2], &body[cut2..]];
+                assert_eq!(all_timestamped(&chunks), None, "{cut} {cut2}");
+                let timed = b"a v=1 1\nb v=2 2\n";
+                let (x, y) = (cut.min(timed.len()), cut2.min(timed.len()));
+                assert_eq!(
+                    all_timestamped(&[&timed[..x], &timed[x..y], &timed[y..]]),
+                    Some(2)
+                );
+            }
+        }
+    }
+}
