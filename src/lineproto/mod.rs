@@ -101,7 +101,9 @@ pub struct Line {
 /// What the scanner found in a body.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
-    /// Points (lines that are neither blank nor comments).
+    /// Points (lines that are neither blank nor comments). When the quick check settles a
+    /// body, a string value holding a newline makes its point count once per line it spans:
+    /// the count is for metrics and logs, never for the body.
     pub points: u64,
     /// Valid points without a timestamp.
     pub untimed: u64,
@@ -559,5 +561,152 @@ mod tests {
                 String::from_utf8_lossy(&buf)
             );
         }
+    }
+
+    /// Lines near the valid ones (built from parts, then mutated), so both the shortcut and
+    /// the full judgement see many of the shapes clients send and the edges between them.
+    fn near_valid_body(seed: &mut u64) -> Vec<u8> {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        };
+        let pick = |r: u64, options: &[&'static [u8]]| options[r as usize % options.len()];
+        let mut body = vec![];
+        for _ in 0..1 + next() % 4 {
+            let mut line = vec![];
+            line.extend_from_slice(pick(
+                next(),
+                &[b"cpu", b"m", b"my\\ m", b"a\\,b", b"\"q\"", b"#c", b" m"],
+            ));
+            for _ in 0..next() % 3 {
+                line.extend_from_slice(pick(
+                    next(),
+                    &[b",t=a", b",t=a\\ b", b",a=1", b",b=\"x", b",z=9", b",t=a"],
+                ));
+            }
+            line.push(b' ');
+            for k in 0..1 + next() % 3 {
+                if k > 0 {
+                    line.push(b',');
+                }
+                line.extend_from_slice(pick(next(), &[b"f", b"v", b"a\\ b", b"\"k"]));
+                line.push(b'=');
+                line.extend_from_slice(pick(
+                    next(),
+                    &[
+                        b"1",
+                        b"-1.5",
+                        b"1e3",
+                        b"1e400",
+                        b"2i",
+                        b"3u",
+                        b"t",
+                        b"FALSE",
+                        b"\"s\"",
+                        b"\"a b 12\"",
+                        b"\"x\\\"\ny\"",
+                        b"NaN",
+                        b"1.",
+                    ],
+                ));
+            }
+            line.extend_from_slice(pick(
+                next(),
+                &[
+                    b"",
+                    b" 1600000000000000000",
+                    b" 1600000000000000001",
+                    b" 1600000000000000002",
+                    b" 1600000000",
+                    b" -5",
+                    b" 12 ",
+                    b"\t",
+                    b" \t",
+                    b"  ",
+                    b" 1-",
+                    b"\r",
+                    b" 1\\",
+                ],
+            ));
+            // One mutation in three: a byte replaced, inserted or removed.
+            if next() % 3 == 0 && !line.is_empty() {
+                let at = next() as usize % line.len();
+                let bytes = b" ,=\"\\\n\t\r\x001a#-";
+                let byte = bytes[next() as usize % bytes.len()];
+                match next() % 3 {
+                    0 => line[at] = byte,
+                    1 => line.insert(at, byte),
+                    _ => {
+                        line.remove(at);
+                    }
+                }
+            }
+            body.extend_from_slice(&line);
+            body.extend_from_slice(pick(next(), &[b"\n", b"\n", b"\r\n", b"\n\n"]));
+        }
+        if next() % 4 == 0 {
+            body.pop();
+        }
+        body
+    }
+
+    #[test]
+    fn shortcut_and_full_judgement_never_disagree() {
+        let mut seed = 0x0bad_5eed_cafe_f00du64;
+        let (mut stamped_lines, mut quick_bodies) = (0, 0);
+        for _ in 0..200_000 {
+            let body = near_valid_body(&mut seed);
+            let full = summarize(&body);
+            let fast = all_timestamped(&[&body]);
+            if fast.is_some() {
+                quick_bodies += 1;
+                assert_eq!(
+                    (full.untimed, full.crlf),
+                    (0, 0),
+                    "{:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            let cut = seed as usize % (body.len() + 1);
+            assert_eq!(all_timestamped(&[&body[..cut], &body[cut..]]), fast);
+            for line in Lines::new(&body) {
+                let text = &body[line.start..line.end];
+                let first = skip_whitespace(text, 0);
+                if line.point && has_timestamp(text) {
+                    assert_ne!(
+                        parse_point(&text[first..]),
+                        Ok(Time::Missing),
+                        "{:?}",
+                        String::from_utf8_lossy(text)
+                    );
+                }
+                stamped_lines += u64::from(line.untimed);
+            }
+            // Stamping appends to untimed lines and drops CRLF's `\r`, nothing else.
+            let (out, summary) = stamp(Bytes::copy_from_slice(&body), 42);
+            // (Points are counted by newline on the quick path; see `Summary::points`.)
+            assert_eq!((summary.untimed, summary.crlf), (full.untimed, full.crlf));
+            let mut expected = vec![];
+            let mut copied = 0;
+            for line in Lines::new(&body) {
+                expected.extend_from_slice(&body[copied..line.end]);
+                if line.untimed {
+                    expected.extend_from_slice(b" 42");
+                }
+                copied = line.end + usize::from(line.crlf);
+            }
+            expected.extend_from_slice(&body[copied..]);
+            assert_eq!(
+                &out[..],
+                &expected[..],
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // The generator reaches both sides of the question.
+        assert!(stamped_lines > 10_000, "{stamped_lines}");
+        assert!(quick_bodies > 10_000, "{quick_bodies}");
     }
 }

@@ -8,6 +8,7 @@
 mod health;
 pub mod node;
 pub mod retry;
+mod spaced;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,12 +32,13 @@ use crate::metrics::Metrics;
 use crate::rewrite::WriteParams;
 use node::{Node, Transition};
 use retry::{Decision, Reason};
+use spaced::Spacing;
 
 /// Longest upstream error body read to pass its message on: InfluxDB lists every bad line,
 /// so a large batch's error runs to hundreds of kilobytes.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Chunks>;
+type HttpClient = Client<Spacing<HttpsConnector<HttpConnector>>, Chunks>;
 
 /// Finds a cluster of the running configuration by name.
 pub type ClusterLookup = Arc<dyn Fn(&str) -> Option<Arc<Cluster>> + Send + Sync>;
@@ -99,10 +101,8 @@ fn client(config: &ClusterConfig) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
-        // InfluxDB copies a point's bytes into `X-Influxdb-Error`, NULs included: such a
-        // header is dropped (and rebuilt from the body) rather than failing the answer.
-        .http1_ignore_invalid_headers_in_responses(true)
-        .build(connector)
+        // InfluxDB's error header may carry any byte of a point; see `spaced`.
+        .build(Spacing(connector))
 }
 
 /// One cluster: its nodes, credentials, retry policy and retry budget.
