@@ -1,26 +1,21 @@
 #!/usr/bin/env bash
 # The test command (README.md "Testing"): installs what the tests need when it is missing
-# (Debian's influxdb and curl; the tests start their own influxd on free loopback ports; and,
-# where the package is available, prometheus for `promtool check metrics`), then runs every
-# test.
+# (Debian's influxdb, curl, and prometheus for promtool and the dashboard check; the tests
+# start their own influxd and prometheus on free loopback ports), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 export DEBIAN_FRONTEND=noninteractive
 if ((${#need[@]})); then
     echo "installing ${need[*]} (needed by the tests)" >&2
     "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-if ! command -v promtool >/dev/null 2>&1; then
-    # Optional: the metrics test runs promtool when it is there.
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
-        echo "prometheus (promtool) not installed; the metrics test checks the exposition itself" >&2
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # Unit and integration tests (examples and fuzz targets are compiled by clippy in CI, not run).

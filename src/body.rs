@@ -34,6 +34,10 @@ impl Inflight {
         self.used.load(Ordering::Relaxed)
     }
 
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// An empty reservation, grown as bytes arrive and released when dropped.
     pub fn reserve(self: &Arc<Self>) -> Reservation {
         Reservation {

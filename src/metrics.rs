@@ -52,6 +52,8 @@ pub struct Metrics {
     pub spool_writes: IntCounterVec,
     pub inflight_requests: IntGauge,
     pub inflight_bytes: IntGauge,
+    pub inflight_bytes_limit: IntGauge,
+    pub spool_bytes_limit: IntGauge,
     /// Client connections open on `listen`.
     pub connections_open: IntGauge,
     /// Connections closed at accept because `max_connections` were open.
@@ -188,6 +190,14 @@ impl Metrics {
             inflight_bytes: plain_gauge(
                 "inflight_bytes",
                 "Body bytes held by requests being served (bounded by max_inflight_bytes).",
+            ),
+            inflight_bytes_limit: plain_gauge(
+                "inflight_bytes_limit",
+                "server.max_inflight_bytes: the budget inflight_bytes is held under.",
+            ),
+            spool_bytes_limit: plain_gauge(
+                "spool_bytes_limit",
+                "spool.max_bytes: the bytes each cluster's spool may hold (0 with the spool off).",
             ),
             connections_open: plain_gauge(
                 "connections_open",

@@ -481,24 +481,24 @@ async fn metrics_count_a_scripted_workload_with_bounded_labels() {
     assert_eq!(get("inflight_bytes", &[]), 0.0);
     assert_eq!(upstream.received().len(), 52);
 
-    if let Some(promtool) = which("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        eprintln!("promtool not installed: exposition checked by the parser only");
-    }
+    // A hard check: scripts/test.sh installs Debian's prometheus, which brings promtool.
+    let promtool = which("promtool")
+        .expect("promtool not found: install Debian's `prometheus` package (scripts/test.sh does)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     proxy.stop().await;
 }
 
