@@ -6,31 +6,22 @@
 //! failure is the same 401. `AuthLayer` puts the [`Principal`] in the request's extensions.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
-use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, Request, Response};
-use http_body_util::Full;
+use http::HeaderMap;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
-use tower::{Layer, Service};
 
 use crate::config::{sha256, AuthConfig, PasswordCheck, RateConfig, Secret};
-use crate::error::{Api, ProxyError};
-use crate::handler::Generation;
+use crate::error::ProxyError;
 use crate::limit::{Limits, LoginThrottle, Pending};
-use crate::metrics::Metrics;
 use crate::rewrite::Query;
 
 /// Someone who authenticated: a token's name or a username.
@@ -397,126 +388,12 @@ pub fn verify_jwt(token: &str, secret: &[u8], now: i64, leeway: i64) -> Option<S
     (in_time && !claims.username.is_empty()).then_some(claims.username)
 }
 
-/// The client's address, put in each request's extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-// === AuthLayer ===
-
-/// Authenticates writes and queries in mode `proxy` (401, or 429 for a throttled address);
-/// everything else passes untouched.
-///
-/// It also pins the configuration generation the request will be served with (a reload
-/// during the request does not change it), as a request extension.
-#[derive(Clone)]
-pub struct AuthLayer {
-    current: Arc<ArcSwap<Generation>>,
-    metrics: Arc<Metrics>,
-}
-
-impl AuthLayer {
-    pub fn new(current: Arc<ArcSwap<Generation>>, metrics: Arc<Metrics>) -> Self {
-        Self { current, metrics }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            current: self.current.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    current: Arc<ArcSwap<Generation>>,
-    metrics: Arc<Metrics>,
-}
-
-type Resp = Response<Full<Bytes>>;
-
-impl<S, B> Service<Request<B>> for Auth<S>
-where
-    S: Service<Request<B>, Response = Resp> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = Resp;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let generation = self.current.load_full();
-        let path = request.uri().path();
-        let guarded = matches!(path, "/write" | "/api/v2/write" | "/query");
-        let api = if path == "/api/v2/write" {
-            Api::V2
-        } else {
-            Api::V1
-        };
-        let auth = generation.auth.clone().filter(|_| guarded);
-        request.extensions_mut().insert(generation.clone());
-        let Some(auth) = auth else {
-            return Box::pin(self.inner.call(request));
-        };
-        let metrics = self.metrics.clone();
-        // Take the service that was made ready; leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let ip = request
-                .extensions()
-                .get::<PeerAddr>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
-            let realm = &generation.config.server.realm;
-            if let Err(throttled) = auth.throttle.check(ip) {
-                return Ok(throttled.into_response(api, realm));
-            }
-            let presented = presented(request.uri().query(), request.headers(), auth.jwt_enabled());
-            let missing = matches!(presented, Presented::None);
-            match auth.authenticate(presented, ip).await {
-                Ok(principal) => {
-                    if let Err(limited) = principal.limits.check_request(&principal.name) {
-                        metrics.count_refusal(&limited);
-                        return Ok(limited.into_response(api, realm));
-                    }
-                    request.extensions_mut().insert(principal);
-                    inner.call(request).await
-                }
-                Err(error @ ProxyError::LoginsPending { .. }) => {
-                    Ok(error.into_response(api, realm))
-                }
-                Err(error @ ProxyError::LoginThrottled { .. }) => {
-                    Ok(error.into_response(api, realm))
-                }
-                Err(error) => {
-                    let reason = if missing { "missing" } else { "invalid" };
-                    metrics.auth_failures.with_label_values(&[reason]).inc();
-                    tracing::info!(client = %ip, reason, "authentication failed");
-                    auth.throttle.failed(ip);
-                    Ok(error.into_response(api, realm))
-                }
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{TokenConfig, UserConfig};
 
-    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     const RATE: RateConfig = RateConfig {
         requests_per_second: 0,

@@ -99,9 +99,10 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("too many bytes in flight, retry later")]
     Overloaded,
-    /// The cluster could not take the write and the spool could not either.
+    /// The cluster could not take the write and the spool could not either (a
+    /// `spool::SpoolError`, converted where it is defined).
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(BoxError),
     /// A bug: a handler panicked. The client gets a 500, the connection stays usable.
     #[error("internal error")]
     Panic,

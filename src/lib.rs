@@ -7,15 +7,15 @@ pub mod body;
 pub mod config;
 pub mod deadline;
 pub mod error;
-pub mod handler;
+pub mod http;
 pub mod limit;
 pub mod lineproto;
 pub mod metrics;
-pub mod request_id;
 pub mod rewrite;
 pub mod server;
 pub mod spool;
 pub mod stack;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 

@@ -20,14 +20,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
-use crate::auth::PeerAddr;
 use crate::config::Config;
 use crate::deadline::{Conn, Expired, Tracked, Watched};
 use crate::error::BoxError;
-use crate::handler::{Role, Shared};
+use crate::http::request_id::{new_id, OWN_VERSION};
+use crate::http::PeerAddr;
+use crate::http::Role;
 use crate::metrics::Metrics;
-use crate::request_id::{new_id, OWN_VERSION};
 use crate::stack;
+use crate::state::Shared;
 use crate::tls::Acceptor;
 
 /// A proxy whose listeners are bound, ready to serve.

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::{CatchPanic, CatchPanicLayer};
 
-use crate::auth::{Auth, AuthLayer};
 use crate::error::panic_response;
-use crate::handler::{Role, Router, Shared};
-use crate::metrics::{Observe, ObserveLayer};
-use crate::request_id::{RequestId, RequestIdLayer};
+use crate::http::auth::{Auth, AuthLayer};
+use crate::http::observe::{Observe, ObserveLayer};
+use crate::http::request_id::{RequestId, RequestIdLayer};
+use crate::http::router::Router;
+use crate::http::Role;
+use crate::state::Shared;
 
 /// Turns a handler's panic into the 500 of `error::panic_response`.
 #[derive(Clone, Copy, Debug)]

@@ -3,7 +3,7 @@
 //! optional client certificates (mTLS); and the client side for `https://` data nodes.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::{ClusterConfig, TlsConfig};
 use crate::metrics::Metrics;
 
 /// How long a client gets to finish the handshake.
@@ -212,29 +211,44 @@ fn files_digest(tls: &TlsConfig) -> [u8; 32] {
 
 // === the client side ===
 
+/// `[server.tls]`: HTTPS on `listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Require client certificates signed by these CAs (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// What a cluster's client needs to know about its nodes' certificates.
+pub struct ClientTls<'a> {
+    /// Some node is `https://`: the system's roots are loaded.
+    pub https: bool,
+    /// `tls_ca_file`'s certificates, trusted beside the system roots.
+    pub extra_roots: &'a [CertificateDer<'static>],
+    /// `tls_insecure_skip_verify`.
+    pub skip_verify: bool,
+}
+
 /// The rustls client config for a cluster's `https://` nodes: the system's roots plus
 /// `tls_ca_file`, or no verification at all with `tls_insecure_skip_verify`. A cluster
 /// without `https://` nodes never uses it and gets no roots (the OS store is not read).
-pub fn client_config(cluster: &ClusterConfig) -> rustls::ClientConfig {
+pub fn client_config(cluster: ClientTls<'_>) -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports TLS 1.2 and 1.3");
     // No ALPN here: hyper-rustls sets it from the HTTP versions it enables (HTTP/1.1).
-    if cluster.tls_insecure_skip_verify {
+    if cluster.skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        if cluster
-            .nodes
-            .iter()
-            .any(|n| n.scheme_str() == Some("https"))
-        {
+        if cluster.https {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         }
-        roots.add_parsable_certificates(cluster.tls_ca.iter().cloned());
+        roots.add_parsable_certificates(cluster.extra_roots.iter().cloned());
         builder.with_root_certificates(roots).with_no_client_auth()
     }
 }

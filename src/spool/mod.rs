@@ -59,6 +59,12 @@ pub enum SpoolError {
     Closed { cluster: String },
 }
 
+impl From<SpoolError> for ProxyError {
+    fn from(error: SpoolError) -> Self {
+        ProxyError::Spool(Box::new(error))
+    }
+}
+
 /// Every cluster's queue.
 pub struct Spool {
     config: SpoolConfig,

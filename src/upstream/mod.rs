@@ -92,7 +92,11 @@ fn client(config: &ClusterConfig) -> HttpClient {
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::tls::client_config(config))
+        .with_tls_config(crate::tls::client_config(crate::tls::ClientTls {
+            https: config.nodes.iter().any(|n| n.scheme_str() == Some("https")),
+            extra_roots: &config.tls_ca,
+            skip_verify: config.tls_insecure_skip_verify,
+        }))
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);

@@ -1,0 +1,122 @@
+//! The auth layer: pins the configuration generation a request is served with, and in mode
+//! `proxy` checks the credentials of every guarded endpoint (the `ENDPOINTS` table says which)
+//! before the request reaches the router: 401, 429 for a throttled address or a principal over
+//! its rate, else the principal goes on in the request's extensions.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::Request;
+use tower::{Layer, Service};
+
+use super::{Endpoint, PeerAddr, Resp};
+use crate::auth::{presented, Presented};
+use crate::error::{Api, ProxyError};
+use crate::metrics::Metrics;
+use crate::state::Generation;
+
+/// Authenticates writes and queries in mode `proxy` (401, or 429 for a throttled address);
+/// everything else passes untouched.
+///
+/// It also pins the configuration generation the request will be served with (a reload
+/// during the request does not change it), as a request extension.
+#[derive(Clone)]
+pub struct AuthLayer {
+    current: Arc<ArcSwap<Generation>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuthLayer {
+    pub fn new(current: Arc<ArcSwap<Generation>>, metrics: Arc<Metrics>) -> Self {
+        Self { current, metrics }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            current: self.current.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    current: Arc<ArcSwap<Generation>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Resp;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let generation = self.current.load_full();
+        let endpoint = Endpoint::of(request.uri().path());
+        let guarded = endpoint.is_some_and(|e| e.guarded);
+        let api = endpoint.map_or(Api::V1, |e| e.api);
+        let auth = generation.auth.clone().filter(|_| guarded);
+        request.extensions_mut().insert(generation.clone());
+        let Some(auth) = auth else {
+            return Box::pin(self.inner.call(request));
+        };
+        let metrics = self.metrics.clone();
+        // Take the service that was made ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let ip = request
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+            let realm = &generation.config.server.realm;
+            if let Err(throttled) = auth.throttle.check(ip) {
+                return Ok(throttled.into_response(api, realm));
+            }
+            let presented = presented(request.uri().query(), request.headers(), auth.jwt_enabled());
+            let missing = matches!(presented, Presented::None);
+            match auth.authenticate(presented, ip).await {
+                Ok(principal) => {
+                    if let Err(limited) = principal.limits.check_request(&principal.name) {
+                        metrics.count_refusal(&limited);
+                        return Ok(limited.into_response(api, realm));
+                    }
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(error @ ProxyError::LoginsPending { .. }) => {
+                    Ok(error.into_response(api, realm))
+                }
+                Err(error @ ProxyError::LoginThrottled { .. }) => {
+                    Ok(error.into_response(api, realm))
+                }
+                Err(error) => {
+                    let reason = if missing { "missing" } else { "invalid" };
+                    metrics.auth_failures.with_label_values(&[reason]).inc();
+                    tracing::info!(client = %ip, reason, "authentication failed");
+                    auth.throttle.failed(ip);
+                    Ok(error.into_response(api, realm))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTP floor: the one table of endpoints (path, listener, whether credentials guard it,
+//! the error shape it answers in, its metrics label), and the services a request passes
+//! through, outermost first: `observe` (metrics and access log), `request_id`, the panic
+//! catcher (`stack.rs`), `auth`, then `router`, which hands writes to `write`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+
+use crate::error::Api;
+
+pub mod auth;
+pub mod observe;
+pub mod request_id;
+pub mod router;
+mod write;
+
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+/// Which listener serves an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `listen`: writes and what clients call.
+    Main,
+    /// `admin_listen` (or `listen` when there is none): probes and scrapes.
+    Admin,
+}
+
+/// One endpoint of the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub path: &'static str,
+    pub listener: Listener,
+    /// In auth mode `proxy`, credentials are checked before it runs.
+    pub guarded: bool,
+    /// The error shape its answers take.
+    pub api: Api,
+    /// The `endpoint` label of the metrics and the access log (SPEC §9's fixed set: the
+    /// admin endpoints, like unknown paths, are `other`).
+    pub label: &'static str,
+}
+
+/// Every endpoint: the router dispatches by it, the auth layer guards by it, the metrics
+/// label by it. A path not here is a 404.
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("/write", Listener::Main, true, Api::V1, "write"),
+    endpoint("/api/v2/write", Listener::Main, true, Api::V2, "v2_write"),
+    endpoint("/query", Listener::Main, true, Api::V1, "query"),
+    endpoint("/ping", Listener::Main, false, Api::V1, "ping"),
+    endpoint("/health", Listener::Main, false, Api::V1, "health"),
+    endpoint("/live", Listener::Admin, false, Api::V1, "other"),
+    endpoint("/ready", Listener::Admin, false, Api::V1, "other"),
+    endpoint("/metrics", Listener::Admin, false, Api::V1, "other"),
+];
+
+const fn endpoint(
+    path: &'static str,
+    listener: Listener,
+    guarded: bool,
+    api: Api,
+    label: &'static str,
+) -> Endpoint {
+    Endpoint {
+        path,
+        listener,
+        guarded,
+        api,
+        label,
+    }
+}
+
+impl Endpoint {
+    /// The endpoint at exactly `path`.
+    pub fn of(path: &str) -> Option<&'static Endpoint> {
+        ENDPOINTS.iter().find(|e| e.path == path)
+    }
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Writes, `/ping`, `/health`, `/query`; plus the admin endpoints when `with_admin`.
+    Main { with_admin: bool },
+    /// `/live`, `/ready`, `/metrics`.
+    Admin,
+}
+
+impl Role {
+    /// Whether a listener of this role serves `endpoint`.
+    pub fn serves(self, endpoint: &Endpoint) -> bool {
+        match endpoint.listener {
+            Listener::Main => matches!(self, Role::Main { .. }),
+            Listener::Admin => matches!(self, Role::Admin | Role::Main { with_admin: true }),
+        }
+    }
+}
+
+/// The client's address, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// What the write path tells the access log, carried out in the response's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct WriteDetails {
+    pub db: String,
+    pub rp: String,
+    pub principal: String,
+    pub cluster: String,
+    pub node: String,
+    pub tries: u32,
+    pub bytes: u64,
+    pub points: u64,
+}

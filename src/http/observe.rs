@@ -1,0 +1,157 @@
+//! The outermost layer: counts every answer in the metrics (by endpoint label and code, with
+//! its duration) and writes the access log line, whatever happened inside.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use prometheus::IntGauge;
+use tower::{Layer, Service};
+
+use super::{Endpoint, Listener, PeerAddr, WriteDetails};
+use crate::metrics::Metrics;
+
+/// Outermost layer: request counts and durations, requests in flight, 413s, and one access
+/// line per request (`info`; the admin endpoints at `debug`).
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// Decrements the in-flight gauge however the request ends (answered or dropped).
+struct InflightGuard(IntGauge);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let known = Endpoint::of(request.uri().path());
+        let endpoint = known.map_or("other", |e| e.label);
+        // Probes and scrapes: logged at `debug`, not `info`.
+        let admin = known.is_some_and(|e| e.listener == Listener::Admin);
+        let method = request.method().clone();
+        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+        let metrics = self.metrics.clone();
+        metrics.inflight_requests.inc();
+        let guard = InflightGuard(metrics.inflight_requests.clone());
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            drop(guard);
+            if let Ok(response) = &result {
+                let status = response.status().as_u16();
+                let elapsed = started.elapsed();
+                let mut code = itoa::Buffer::new();
+                metrics
+                    .http_requests
+                    .with_label_values(&[endpoint, code.format(status)])
+                    .inc();
+                metrics
+                    .http_duration
+                    .with_label_values(&[endpoint])
+                    .observe(elapsed.as_secs_f64());
+                if status == 413 {
+                    metrics.body_too_large.inc();
+                }
+                access_log(endpoint, admin, &method, peer, response, elapsed);
+            }
+            result
+        })
+    }
+}
+
+fn access_log<RB>(
+    endpoint: &'static str,
+    admin: bool,
+    method: &http::Method,
+    peer: Option<std::net::SocketAddr>,
+    response: &Response<RB>,
+    elapsed: std::time::Duration,
+) {
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let status = response.status().as_u16();
+    let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+    let client = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let empty = WriteDetails::default();
+    let w = response
+        .extensions()
+        .get::<WriteDetails>()
+        .unwrap_or(&empty);
+    macro_rules! line {
+        ($level:expr) => {
+            tracing::event!(
+                target: "access",
+                $level,
+                request_id,
+                %method,
+                endpoint,
+                status,
+                client,
+                db = %w.db,
+                rp = %w.rp,
+                principal = %w.principal,
+                cluster = %w.cluster,
+                node = %w.node,
+                tries = w.tries,
+                bytes = w.bytes,
+                points = w.points,
+                duration_ms,
+                "request"
+            )
+        };
+    }
+    if admin {
+        line!(tracing::Level::DEBUG);
+    } else {
+        line!(tracing::Level::INFO);
+    }
+}

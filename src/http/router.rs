@@ -1,0 +1,305 @@
+//! The innermost service: dispatches a request by path and method to its endpoint (the
+//! `ENDPOINTS` table decides which listener serves what), and turns an endpoint's
+//! `ProxyError` into the response through `error.rs`. Paths match exactly (`//write` or
+//! `/write/` are 404), so nothing odd is ever forwarded as a write. The small endpoints live
+//! here; the write path is `write.rs`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tower::Service;
+
+use super::request_id::OWN_VERSION;
+use super::{Endpoint, Resp, Role, WriteDetails};
+use crate::auth::Principal;
+use crate::body::{self};
+use crate::error::{json_response, Api, ProxyError};
+use crate::rewrite::Query;
+use crate::state::{Generation, Shared};
+
+#[derive(Clone)]
+pub struct Router {
+    shared: Arc<Shared>,
+    role: Role,
+}
+
+impl Router {
+    pub fn new(shared: Arc<Shared>, role: Role) -> Self {
+        Self { shared, role }
+    }
+}
+
+// === impl Router ===
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let role = self.role;
+        Box::pin(async move { Ok(route(shared, role, request).await) })
+    }
+}
+
+async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> Resp {
+    // The auth layer pins the generation for guarded paths; the rest take the current one.
+    let generation = request
+        .extensions()
+        .get::<Arc<Generation>>()
+        .cloned()
+        .unwrap_or_else(|| shared.generation());
+    let method = request.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    let path = request.uri().path();
+    let endpoint = Endpoint::of(path);
+    let api = endpoint.map_or(Api::V1, |e| e.api);
+    let known = endpoint.is_some_and(|e| role.serves(e));
+    let mut details = WriteDetails::default();
+    let result = match (path, &method) {
+        _ if !known => Err(ProxyError::NotFound),
+        ("/write" | "/api/v2/write", &Method::POST) => {
+            super::write::write(&shared, &generation, api, request, &mut details).await
+        }
+        ("/query", &Method::GET | &Method::POST) => query(&shared, &generation, request).await,
+        ("/ping", _) if get => Ok(ping(&request)),
+        ("/health", _) if get => Ok(health(&generation)),
+        ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
+        ("/ready", _) if get => Ok(ready(&shared, &generation)),
+        ("/metrics", _) if get => Ok(metrics(&shared, &generation)),
+        _ => Err(ProxyError::MethodNotAllowed),
+    };
+    let mut response = result.unwrap_or_else(|e| {
+        shared.metrics.count_refusal(&e);
+        e.into_response(api, &generation.config.server.realm)
+    });
+    if !details.db.is_empty() {
+        response.extensions_mut().insert(details);
+    }
+    response
+}
+
+// === small endpoints ===
+
+fn ping(request: &Request<Incoming>) -> Resp {
+    let verbose = Query::parse(request.uri().query())
+        .ok()
+        .and_then(|q| q.get("verbose").map(|v| v.into_owned()))
+        .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "t" | "T" | "TRUE" | "True"));
+    if verbose {
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "version": OWN_VERSION }),
+        )
+    } else {
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+    }
+}
+
+fn health(generation: &Generation) -> Resp {
+    let mut clusters: Vec<(&str, bool)> = generation
+        .upstreams
+        .iter()
+        .map(|c| (c.name.as_str(), c.is_healthy()))
+        .collect();
+    clusters.sort_unstable();
+    let checks: Vec<_> = clusters
+        .iter()
+        .map(|(name, healthy)| {
+            let status = if *healthy { "pass" } else { "fail" };
+            serde_json::json!({ "name": format!("cluster {name}"), "status": status })
+        })
+        .collect();
+    let failing: Vec<&str> = clusters
+        .iter()
+        .filter(|(_, healthy)| !healthy)
+        .map(|(name, _)| *name)
+        .collect();
+    let (status, message) = if failing.is_empty() {
+        ("pass", "ready for writes".to_string())
+    } else {
+        (
+            "fail",
+            format!("no healthy node in cluster {}", failing.join(", ")),
+        )
+    };
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "name": "influx-write-proxy",
+            "status": status,
+            "message": message,
+            "version": env!("CARGO_PKG_VERSION"),
+            "checks": checks,
+        }),
+    )
+}
+
+fn ready(shared: &Shared, generation: &Generation) -> Resp {
+    if shared.draining.load(Ordering::Relaxed) {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "draining"}),
+        );
+    }
+    // A cluster without a healthy node is fine while its spool can take the writes.
+    let spool_has_room = |cluster: &str| {
+        shared
+            .spool
+            .as_ref()
+            .and_then(|s| s.queue(cluster))
+            .is_some_and(|q| q.has_room())
+    };
+    let mut down: Vec<&str> = generation
+        .upstreams
+        .iter()
+        .filter(|c| !c.is_healthy() && !spool_has_room(&c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if down.is_empty() {
+        return json(StatusCode::OK, serde_json::json!({"status": "ready"}));
+    }
+    down.sort_unstable();
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"status": "not ready", "clusters_without_healthy_node": down}),
+    )
+}
+
+fn metrics(shared: &Shared, generation: &Generation) -> Resp {
+    let metrics = &shared.metrics;
+    // Gauges read off the live state at scrape time. Nodes no longer configured drop out.
+    metrics.upstream_healthy.reset();
+    for cluster in generation.upstreams.iter() {
+        for (node, healthy) in cluster.node_health() {
+            metrics
+                .upstream_healthy
+                .with_label_values(&[cluster.name.as_str(), node.as_str()])
+                .set(healthy as i64);
+        }
+    }
+    metrics.inflight_bytes.set(shared.inflight.used() as i64);
+    metrics
+        .inflight_bytes_limit
+        .set(shared.inflight.limit() as i64);
+    let spool = generation.config.spool.as_ref();
+    metrics
+        .spool_bytes_limit
+        .set(spool.map_or(0, |s| s.max_bytes as i64));
+    let (body, content_type) = metrics.render();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching
+/// the cluster (databases are an operator's business). Any other query is refused.
+async fn query(
+    shared: &Shared,
+    generation: &Generation,
+    request: Request<Incoming>,
+) -> Result<Resp, ProxyError> {
+    let principal = request.extensions().get::<Arc<Principal>>().cloned();
+    let mut q = Query::parse(request.uri().query())?
+        .get("q")
+        .map(|q| q.into_owned());
+    let form = request.headers().get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    if form {
+        let mut reservation = shared.inflight.reserve();
+        let server = &generation.config.server;
+        let body = body::read(
+            request.into_body(),
+            None,
+            64 * 1024,
+            server.body_read_timeout,
+            &mut reservation,
+            |_| {},
+        )
+        .await?;
+        let body = body.join();
+        let text = std::str::from_utf8(&body).map_err(|_| ProxyError::InvalidParameter("q"))?;
+        // As Go's FormValue: a value in the body wins over the URL's.
+        if let Some(body_q) = Query::parse(Some(text))?.get("q") {
+            q = Some(body_q.into_owned());
+        }
+    }
+    match q.as_deref().and_then(create_database_target) {
+        Some(db) if principal.as_ref().is_some_and(|p| !p.may_use_database(&db)) => {
+            Err(ProxyError::Forbidden {
+                principal: principal.map(|p| p.name.clone()).unwrap_or_default(),
+                db,
+            })
+        }
+        Some(_) => Ok(json(
+            StatusCode::OK,
+            serde_json::json!({"results": [{"statement_id": 0}]}),
+        )),
+        None => Err(ProxyError::QueryNotSupported),
+    }
+}
+
+/// The database of `CREATE DATABASE <name>` (name bare or double-quoted, optional `;`).
+fn create_database_target(q: &str) -> Option<String> {
+    let q = q.trim().trim_end_matches(';').trim_end();
+    let mut words = q.splitn(3, char::is_whitespace).filter(|w| !w.is_empty());
+    let (create, database) = (words.next()?, words.next()?);
+    if !create.eq_ignore_ascii_case("create") || !database.eq_ignore_ascii_case("database") {
+        return None;
+    }
+    let name = q[q.find(database)? + database.len()..].trim();
+    if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        let unescaped = quoted.replace("\\\"", "\"");
+        return (!unescaped.is_empty()).then_some(unescaped);
+    }
+    let bare = name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.is_empty();
+    bare.then(|| name.to_string())
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Resp {
+    json_response(status, &value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_create_database_statements() {
+        assert_eq!(
+            create_database_target("CREATE DATABASE telegraf").as_deref(),
+            Some("telegraf")
+        );
+        assert_eq!(
+            create_database_target(" create database \"my db\";").as_deref(),
+            Some("my db")
+        );
+        assert_eq!(create_database_target("CREATE DATABASE"), None);
+        assert_eq!(create_database_target("DROP DATABASE x"), None);
+        assert_eq!(
+            create_database_target("CREATE DATABASE x; DROP DATABASE y"),
+            None
+        );
+        assert_eq!(create_database_target("SELECT * FROM cpu"), None);
+    }
+}
