@@ -210,6 +210,42 @@ async fn every_kind_of_credential_failure_gets_the_same_401_and_nothing_is_forwa
 }
 
 #[tokio::test]
+async fn every_guarded_endpoint_refuses_a_request_without_credentials() {
+    // Walks the endpoint table itself: an endpoint added to it as guarded is covered here,
+    // and one whose guard is lost (in the table or in the auth layer) fails.
+    use influx_write_proxy::http::{Listener, ENDPOINTS};
+    let (upstream, proxy) = setup().await;
+    let guarded: Vec<_> = ENDPOINTS.iter().filter(|e| e.guarded).collect();
+    assert!(guarded.iter().any(|e| e.path == "/write"));
+    assert!(guarded.iter().any(|e| e.path == "/api/v2/write"));
+    assert!(guarded.iter().any(|e| e.path == "/query"));
+    for endpoint in &guarded {
+        assert_eq!(endpoint.listener, Listener::Main, "{}", endpoint.path);
+        for method in [reqwest::Method::POST, reqwest::Method::GET] {
+            let response = client()
+                .request(
+                    method.clone(),
+                    proxy.url(&format!(
+                        "{}?db=telegraf&bucket=telegraf&q=SHOW+DATABASES",
+                        endpoint.path
+                    )),
+                )
+                .body("m v=1 1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 401, "{method} {}", endpoint.path);
+        }
+    }
+    // The others answer without credentials.
+    for endpoint in ENDPOINTS.iter().filter(|e| !e.guarded) {
+        let response = client().get(proxy.url(endpoint.path)).send().await.unwrap();
+        assert_ne!(response.status(), 401, "{}", endpoint.path);
+    }
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
 async fn principals_get_403_outside_their_databases_before_the_body_is_read() {
     let (upstream, proxy) = setup().await;
     let cases = [
