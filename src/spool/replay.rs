@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 
-use super::{now_ms, write_synced, Damage, Done, Position, Queue, Record};
+use super::queue::{Done, Position, Queue};
+use super::segment::{keep_damaged, segment_path, write_synced};
+use super::{now_ms, Damage, Record};
 use crate::body::Chunks;
 use crate::error::ProxyError;
 use crate::rewrite::WriteParams;
@@ -287,10 +289,10 @@ async fn reject(
 async fn set_aside_damaged(queue: &Queue, at: Position, damage: Damage) {
     let dir = queue.dir.clone();
     let kept = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(super::segment_path(&dir, at.seq))?;
+        let file = std::fs::File::open(segment_path(&dir, at.seq))?;
         let next = super::record::next_intact(&file, at.offset + 1, at.end)?;
         let end = next.unwrap_or(at.end);
-        let path = super::keep_damaged(&dir, &file, at.seq, at.offset, end)?;
+        let path = keep_damaged(&dir, &file, at.seq, at.offset, end)?;
         Ok::<_, std::io::Error>((end, next.is_some(), path))
     })
     .await
