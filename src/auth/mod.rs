@@ -3,7 +3,8 @@
 //! `Token`, `Basic`); tokens are compared as SHA-256 digests in constant time; passwords are
 //! checked against argon2 hashes, with successes cached under a per-process HMAC key so a
 //! client sending its password on every request costs one hash; JWTs are HS256 only. Every
-//! failure is the same 401. `AuthLayer` puts the [`Principal`] in the request's extensions.
+//! failure is the same 401. No HTTP here: `http::auth` is the layer that asks, and puts the
+//! [`Principal`] in the request's extensions.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,8 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::header::AUTHORIZATION;
-use http::HeaderMap;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
@@ -22,7 +21,12 @@ use tokio::sync::Semaphore;
 use crate::config::{sha256, AuthConfig, PasswordCheck, RateConfig, Secret};
 use crate::error::ProxyError;
 use crate::limit::{Limits, LoginThrottle, Pending};
-use crate::rewrite::Query;
+
+mod credentials;
+mod jwt;
+
+pub use credentials::{presented, Presented};
+pub use jwt::verify_jwt;
 
 /// Someone who authenticated: a token's name or a username.
 pub struct Principal {
@@ -61,67 +65,6 @@ impl Principal {
         self.databases.iter().any(|pattern| {
             glob_match::glob_match(pattern.split_once('/').map_or(pattern, |(d, _)| d), db)
         })
-    }
-}
-
-/// What a request presented.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Presented {
-    None,
-    Token(String),
-    UserPassword {
-        user: String,
-        password: Secret,
-    },
-    Jwt(String),
-    /// An `Authorization` header the proxy cannot read.
-    Malformed,
-}
-
-/// Reads credentials as InfluxDB 1.x does: `u` and `p` when both are non-empty, else the
-/// `Authorization` header. `Bearer` carries a JWT when JWTs are configured and it looks
-/// like one (three dot-separated parts), else a token; `Token` carries `user:password` or a
-/// token; `Basic` carries `user:password`.
-pub fn presented(query: Option<&str>, headers: &HeaderMap, jwt: bool) -> Presented {
-    if let Some((user, password)) = Query::parse(query).ok().and_then(|q| q.user()) {
-        return Presented::UserPassword { user, password };
-    }
-    let Some(header) = headers.get(AUTHORIZATION) else {
-        return Presented::None;
-    };
-    // UTF-8, not only visible ASCII: InfluxDB takes the header's bytes as they are, so a
-    // password with non-ASCII characters works in `Token user:password` as in `Basic`.
-    let Ok(header) = std::str::from_utf8(header.as_bytes()) else {
-        return Presented::Malformed;
-    };
-    let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
-    let value = value.trim();
-    if value.is_empty() {
-        return Presented::Malformed;
-    }
-    match scheme.to_ascii_lowercase().as_str() {
-        "bearer" if jwt && value.matches('.').count() == 2 => Presented::Jwt(value.to_string()),
-        "bearer" => Presented::Token(value.to_string()),
-        "token" => match value.split_once(':') {
-            Some((user, password)) if !user.is_empty() => Presented::UserPassword {
-                user: user.to_string(),
-                password: Secret::new(password.to_string()),
-            },
-            _ => Presented::Token(value.to_string()),
-        },
-        "basic" => base64::engine::general_purpose::STANDARD
-            .decode(value)
-            .ok()
-            .and_then(|raw| String::from_utf8(raw).ok())
-            .and_then(|pair| {
-                let (user, password) = pair.split_once(':')?;
-                Some(Presented::UserPassword {
-                    user: user.to_string(),
-                    password: Secret::new(password.to_string()),
-                })
-            })
-            .unwrap_or(Presented::Malformed),
-        _ => Presented::Malformed,
     }
 }
 
@@ -347,51 +290,17 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
-/// Verifies an InfluxDB-style JWT: HS256 only (`alg: none` and every other algorithm are
-/// refused), a valid signature and a `username`; then the time claims as InfluxDB 1.x checks
-/// them (jwt-go's `MapClaims.Valid`, whole seconds): `exp` is required and must not have
-/// passed, `nbf` and `iat`, when they are numbers, must not be in the future. `leeway`
-/// seconds of clock skew are allowed on each.
-pub fn verify_jwt(token: &str, secret: &[u8], now: i64, leeway: i64) -> Option<String> {
-    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut parts = token.split('.');
-    let (header, claims, signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    #[derive(serde::Deserialize)]
-    struct Header {
-        alg: String,
-    }
-    let header: Header = serde_json::from_slice(&b64.decode(header).ok()?).ok()?;
-    if header.alg != "HS256" {
-        return None;
-    }
-    let mut mac = HmacSha256::new_from_slice(secret).ok()?;
-    mac.update(&token.as_bytes()[..token.rfind('.')?]);
-    mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        username: String,
-        exp: f64,
-        nbf: Option<serde_json::Value>,
-        iat: Option<serde_json::Value>,
-    }
-    let claims: Claims = serde_json::from_slice(&b64.decode(claims).ok()?).ok()?;
-    // jwt-go reads numeric claims as float64 and compares them truncated to int64; a claim
-    // of another type is not checked.
-    let seconds = |claim: &Option<serde_json::Value>| claim.as_ref()?.as_f64().map(|f| f as i64);
-    let in_time = claims.exp > 0.0
-        && now <= (claims.exp as i64).saturating_add(leeway)
-        && seconds(&claims.nbf).is_none_or(|nbf| nbf <= now.saturating_add(leeway))
-        && seconds(&claims.iat).is_none_or(|iat| iat <= now.saturating_add(leeway));
-    (in_time && !claims.username.is_empty()).then_some(claims.username)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{TokenConfig, UserConfig};
+
+    fn up(user: &str, password: &str) -> Presented {
+        Presented::UserPassword {
+            user: user.into(),
+            password: Secret::new(password.into()),
+        }
+    }
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -427,75 +336,6 @@ mod tests {
             jwt_secret: jwt.map(|s| Secret::new(s.into())),
             jwt_leeway: Duration::ZERO,
         })
-    }
-
-    fn headers(authorization: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, authorization.parse().unwrap());
-        headers
-    }
-
-    fn up(user: &str, password: &str) -> Presented {
-        Presented::UserPassword {
-            user: user.into(),
-            password: Secret::new(password.into()),
-        }
-    }
-
-    #[test]
-    fn reads_credentials_as_influxdb_does() {
-        let none = HeaderMap::new();
-        assert_eq!(
-            presented(Some("db=a&u=al&p=pw"), &headers("Bearer x"), false),
-            up("al", "pw")
-        );
-        assert_eq!(
-            presented(Some("db=a&u=al&p="), &none, false),
-            Presented::None
-        );
-        assert_eq!(
-            presented(None, &headers("Token abc"), false),
-            Presented::Token("abc".into())
-        );
-        assert_eq!(
-            presented(None, &headers("Token al:pw:x"), false),
-            up("al", "pw:x")
-        );
-        // A UTF-8 password reads as it does in Basic.
-        let mut utf8 = HeaderMap::new();
-        utf8.insert(
-            AUTHORIZATION,
-            http::HeaderValue::from_bytes("Token al:pässwörd".as_bytes()).unwrap(),
-        );
-        assert_eq!(presented(None, &utf8, false), up("al", "pässwörd"));
-        assert_eq!(
-            presented(None, &headers("Bearer abc"), false),
-            Presented::Token("abc".into())
-        );
-        assert_eq!(
-            presented(None, &headers("Bearer a.b.c"), true),
-            Presented::Jwt("a.b.c".into())
-        );
-        assert_eq!(
-            presented(None, &headers("Bearer a.b.c"), false),
-            Presented::Token("a.b.c".into())
-        );
-        assert_eq!(
-            presented(None, &headers("Basic YWw6cHc="), false),
-            up("al", "pw")
-        );
-        assert_eq!(
-            presented(None, &headers("Basic !!!"), false),
-            Presented::Malformed
-        );
-        assert_eq!(
-            presented(None, &headers("Digest x"), false),
-            Presented::Malformed
-        );
-        assert_eq!(
-            presented(None, &headers("Bearer"), false),
-            Presented::Malformed
-        );
     }
 
     #[test]
@@ -610,106 +450,12 @@ mod tests {
         assert!(!alice.may_use_database("telegraf"));
     }
 
-    fn jwt(header: &str, claims: &str, secret: &[u8]) -> String {
-        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let signing = format!("{}.{}", b64.encode(header), b64.encode(claims));
-        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
-        mac.update(signing.as_bytes());
-        format!("{signing}.{}", b64.encode(mac.finalize().into_bytes()))
-    }
-
-    #[test]
-    fn jwt_accepts_only_signed_unexpired_hs256() {
-        let secret = b"0123456789abcdef0123456789abcdef";
-        let hs256 = r#"{"alg":"HS256","typ":"JWT"}"#;
-        let good = jwt(hs256, r#"{"username":"alice","exp":2000}"#, secret);
-        assert_eq!(verify_jwt(&good, secret, 1000, 0).as_deref(), Some("alice"));
-        assert_eq!(
-            verify_jwt(&good, secret, 2000, 0).as_deref(),
-            Some("alice"),
-            "valid through its exp second, as jwt-go has it"
-        );
-        assert_eq!(verify_jwt(&good, secret, 2001, 0), None, "expired");
-        assert_eq!(
-            verify_jwt(&good, b"another-secret-of-32-bytes-long!", 1000, 0),
-            None,
-            "wrong key"
-        );
-        let none = jwt(
-            r#"{"alg":"none"}"#,
-            r#"{"username":"alice","exp":2000}"#,
-            secret,
-        );
-        assert_eq!(verify_jwt(&none, secret, 1000, 0), None, "alg none");
-        let unsigned = format!("{}.", &good[..good.rfind('.').unwrap()]);
-        assert_eq!(
-            verify_jwt(&unsigned, secret, 1000, 0),
-            None,
-            "empty signature"
-        );
-        let hs512 = jwt(
-            r#"{"alg":"HS512"}"#,
-            r#"{"username":"alice","exp":2000}"#,
-            secret,
-        );
-        assert_eq!(verify_jwt(&hs512, secret, 1000, 0), None, "other algorithm");
-        let no_exp = jwt(hs256, r#"{"username":"alice"}"#, secret);
-        assert_eq!(
-            verify_jwt(&no_exp, secret, 1000, 0),
-            None,
-            "exp is required"
-        );
-    }
-
-    #[test]
-    fn jwt_not_yet_valid_or_issued_in_the_future_is_refused_as_influxdb_does() {
-        let secret = b"0123456789abcdef0123456789abcdef";
-        let hs256 = r#"{"alg":"HS256"}"#;
-        let token = |claims: &str| jwt(hs256, claims, secret);
-        let cases = [
-            // (claims, now, leeway, accepted)
-            (r#"{"username":"a","exp":5000,"nbf":1000}"#, 1000, 0, true),
-            (r#"{"username":"a","exp":5000,"nbf":1001}"#, 1000, 0, false),
-            (
-                r#"{"username":"a","exp":5000,"nbf":1001.9}"#,
-                1000,
-                0,
-                false,
-            ),
-            (r#"{"username":"a","exp":5000,"iat":1000}"#, 1000, 0, true),
-            (r#"{"username":"a","exp":5000,"iat":1001}"#, 1000, 0, false),
-            (
-                r#"{"username":"a","exp":5000,"iat":1030,"nbf":1030}"#,
-                1000,
-                30,
-                true,
-            ),
-            (r#"{"username":"a","exp":5000,"iat":1031}"#, 1000, 30, false),
-            (r#"{"username":"a","exp":970}"#, 1000, 30, true),
-            (r#"{"username":"a","exp":969}"#, 1000, 30, false),
-            // jwt-go checks only numeric time claims.
-            (
-                r#"{"username":"a","exp":5000,"nbf":"tomorrow"}"#,
-                1000,
-                0,
-                true,
-            ),
-        ];
-        for (claims, now, leeway, accepted) in cases {
-            assert_eq!(
-                verify_jwt(&token(claims), secret, now, leeway).is_some(),
-                accepted,
-                "{claims} at {now} with leeway {leeway}"
-            );
-        }
-    }
-
     #[tokio::test]
     async fn jwt_username_must_be_a_configured_user() {
         let secret = "0123456789abcdef0123456789abcdef";
         let auth = authenticator(Some(secret));
         let hs256 = r#"{"alg":"HS256"}"#;
-        let alice = jwt(
+        let alice = jwt::signed(
             hs256,
             r#"{"username":"alice","exp":99999999999}"#,
             secret.as_bytes(),
@@ -721,7 +467,7 @@ mod tests {
                 .name,
             "alice"
         );
-        let mallory = jwt(
+        let mallory = jwt::signed(
             hs256,
             r#"{"username":"mallory","exp":99999999999}"#,
             secret.as_bytes(),
