@@ -259,3 +259,66 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_registered_once_under_the_prefix_with_help() {
+        let metrics = Metrics::new();
+        // Labelled families appear once a label set is used.
+        metrics
+            .http_requests
+            .with_label_values(&["write", "204"])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&["write"])
+            .observe(0.01);
+        metrics
+            .upstream_healthy
+            .with_label_values(&["default", "n1"])
+            .set(1);
+        let families = metrics.registry.gather();
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for family in &families {
+            assert!(
+                family.name().starts_with("influx_write_proxy_"),
+                "{}",
+                family.name()
+            );
+            assert!(!family.help().is_empty(), "{} has no help", family.name());
+        }
+        for name in [
+            "influx_write_proxy_http_requests_total",
+            "influx_write_proxy_http_request_duration_seconds",
+            "influx_write_proxy_upstream_healthy",
+            "influx_write_proxy_inflight_bytes",
+            "influx_write_proxy_inflight_bytes_limit",
+            "influx_write_proxy_spool_bytes_limit",
+            "influx_write_proxy_connections_open",
+            "influx_write_proxy_tls_cert_expiry_timestamp_seconds",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn the_exposition_is_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.write_points.with_label_values(&["eu"]).inc_by(5000);
+        let (body, content_type) = metrics.render();
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        assert!(text.contains("# TYPE influx_write_proxy_write_points_total counter\n"));
+        assert!(text.contains("influx_write_proxy_write_points_total{cluster=\"eu\"} 5000\n"));
+    }
+}

@@ -302,3 +302,80 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for localhost and its key, written as PEM files.
+    fn files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
+
+    fn config(cert_file: PathBuf, key_file: PathBuf) -> TlsConfig {
+        TlsConfig {
+            cert_file,
+            key_file,
+            client_ca_file: None,
+        }
+    }
+
+    #[test]
+    fn a_matching_certificate_and_key_serve_h2_and_http1() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = files(dir.path(), "a");
+        let loaded = ServerTls::load(&config(cert, key)).unwrap();
+        assert_eq!(
+            loaded.config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(loaded.not_after > 1_700_000_000);
+    }
+
+    #[test]
+    fn each_broken_file_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = files(dir.path(), "a");
+        let (_, other_key) = files(dir.path(), "b");
+        let missing = dir.path().join("missing.crt");
+        let error = ServerTls::load(&config(missing, key.clone()))
+            .err()
+            .unwrap();
+        assert_eq!(error.key, "server.tls.cert_file");
+        let error = ServerTls::load(&config(cert.clone(), other_key))
+            .err()
+            .unwrap();
+        assert_eq!(error.key, "server.tls.key_file");
+        assert!(
+            error.message.contains("does not go with the certificate"),
+            "{}",
+            error.message
+        );
+        let mut with_ca = config(cert, key.clone());
+        with_ca.client_ca_file = Some(key);
+        let error = ServerTls::load(&with_ca).err().unwrap();
+        assert_eq!(error.key, "server.tls.client_ca_file");
+    }
+
+    #[test]
+    fn client_configs_offer_no_alpn_and_build_with_or_without_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = files(dir.path(), "ca");
+        let roots = read_certs(&cert).unwrap();
+        for (https, skip_verify) in [(false, false), (true, false), (true, true)] {
+            let config = client_config(ClientTls {
+                https,
+                extra_roots: &roots,
+                skip_verify,
+            });
+            assert!(config.alpn_protocols.is_empty());
+        }
+    }
+}

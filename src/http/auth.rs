@@ -120,3 +120,112 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use tower::{service_fn, ServiceExt};
+
+    use crate::auth::Principal;
+    use crate::config::Config;
+
+    const TOKEN: &str = "layer-test-token-0123456789";
+
+    fn generation() -> Arc<ArcSwap<Generation>> {
+        let config = Config::parse(
+            &format!(
+                "[auth]\nmode = \"proxy\"\n\
+                 [[auth.tokens]]\nname = \"app\"\ntoken = \"{TOKEN}\"\ndatabases = [\"*\"]\n\
+                 rate_limit = {{ requests_per_second = 1 }}\n\
+                 [rate_limit]\nburst_seconds = 1\n\
+                 [clusters.default]\nnodes = [\"http://127.0.0.1:1\"]\n"
+            ),
+            &|_| None,
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(ArcSwap::from_pointee(Generation::new(
+            config, &metrics, None,
+        )))
+    }
+
+    /// The layer over an inner service that names the principal it was handed.
+    fn layered(
+        current: Arc<ArcSwap<Generation>>,
+    ) -> Auth<impl Service<Request<()>, Response = Resp, Error = Infallible, Future: Send> + Clone>
+    {
+        AuthLayer::new(current, Arc::new(Metrics::new())).layer(service_fn(
+            |request: Request<()>| async move {
+                let name = request
+                    .extensions()
+                    .get::<Arc<Principal>>()
+                    .map_or("anonymous".to_string(), |p| p.name.clone());
+                assert!(request.extensions().get::<Arc<Generation>>().is_some());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+            },
+        ))
+    }
+
+    async fn call(
+        service: &mut (impl Service<Request<()>, Response = Resp, Error = Infallible> + Clone),
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder().uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Token {token}"));
+        }
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request.body(()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn guarded_paths_need_credentials_and_the_principal_goes_on() {
+        let mut service = layered(generation());
+        let (status, body) = call(&mut service, "/write?db=a", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("authorization failed"), "{body}");
+        let (status, body) = call(&mut service, "/write?db=a", Some(TOKEN)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
+        let (status, _) = call(&mut service, "/api/v2/write?bucket=a", Some("wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn unguarded_paths_pass_without_credentials() {
+        let mut service = layered(generation());
+        for path in ["/ping", "/health", "/metrics", "/nowhere"] {
+            let (status, body) = call(&mut service, path, None).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "anonymous"),
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_principal_over_its_rate_is_refused_before_the_inner_service() {
+        let mut service = layered(generation());
+        assert_eq!(
+            call(&mut service, "/write?db=a", Some(TOKEN)).await.0,
+            StatusCode::OK
+        );
+        let (status, body) = call(&mut service, "/write?db=a", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(body.contains("over its rate limit"), "{body}");
+    }
+}

@@ -437,3 +437,87 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SpoolAck;
+    use bytes::Bytes;
+
+    fn record(body: &'static [u8]) -> Record {
+        Record {
+            spooled_at_ms: now_ms(),
+            gzip: false,
+            query: "db=telegraf&precision=n".into(),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn config(dir: &std::path::Path, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            max_age: Duration::from_secs(3600),
+            ack: SpoolAck::Always,
+        }
+    }
+
+    #[tokio::test]
+    async fn appended_records_are_counted_survive_a_reopen_and_refuse_past_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let one = record(b"m v=1 1\n");
+        let room = 3 * one.encoded_len();
+        let queue = Queue::open("eu", &config(dir.path(), room), &metrics).unwrap();
+        for _ in 0..3 {
+            queue.append(one.clone()).await.unwrap();
+        }
+        assert_eq!(queue.entries(), 3);
+        assert!(matches!(
+            queue.append(one.clone()).await,
+            Err(SpoolError::Full { .. })
+        ));
+        assert!(!queue.has_room(), "a refusal marks the queue full");
+        let gauge = metrics.spool_entries.with_label_values(&["eu"]).get();
+        assert_eq!(gauge, 3);
+        // The first record to replay is at the start of the first segment.
+        let at = queue.next().await;
+        assert_eq!(at.offset, 0);
+        assert_eq!(at.end, room);
+        queue.close();
+        drop(queue);
+        let reopened = Queue::open("eu", &config(dir.path(), room), &Metrics::new()).unwrap();
+        assert_eq!(reopened.entries(), 3);
+        reopened.close();
+    }
+
+    #[tokio::test]
+    async fn a_replayed_batch_frees_its_room_and_moves_the_position_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let one = record(b"m v=1 1\n");
+        let queue = Queue::open("eu", &config(dir.path(), 1 << 20), &metrics).unwrap();
+        queue.append(one.clone()).await.unwrap();
+        queue.append(one.clone()).await.unwrap();
+        let at = queue.next().await;
+        let batch = queue.read_batch(at, 1 << 20).await.unwrap().unwrap();
+        assert_eq!(
+            batch.len(),
+            2,
+            "consecutive writes with the same query merge"
+        );
+        assert_eq!(batch[0].body, one.body);
+        let len = batch.iter().map(Record::encoded_len).sum();
+        queue.advance(at, len, 2, Done::Replayed).await;
+        assert_eq!(queue.entries(), 0);
+        assert_eq!(metrics.spool_bytes.with_label_values(&["eu"]).get(), 0);
+        assert_eq!(
+            metrics
+                .spool_writes
+                .with_label_values(&["eu", "replayed"])
+                .get(),
+            2
+        );
+        queue.close();
+    }
+}

@@ -172,3 +172,112 @@ pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Record;
+    use bytes::Bytes;
+
+    fn record(body: &'static [u8]) -> Record {
+        Record {
+            spooled_at_ms: 1_700_000_000_000,
+            gzip: false,
+            query: "db=telegraf&precision=n".into(),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn segment(dir: &Path, seq: u64, records: &[Record], tail: &[u8]) -> u64 {
+        let mut file = File::create(segment_path(dir, seq)).unwrap();
+        for r in records {
+            file.write_all(&r.encode_head()).unwrap();
+            file.write_all(&r.body).unwrap();
+        }
+        file.write_all(tail).unwrap();
+        records.iter().map(Record::encoded_len).sum()
+    }
+
+    fn spool_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rejected")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn cursor_reads_back_what_was_written_and_garbage_reads_as_none() {
+        let dir = spool_dir();
+        assert_eq!(read_cursor(dir.path()), None);
+        write_cursor(dir.path(), 7, 1234).unwrap();
+        assert_eq!(read_cursor(dir.path()), Some((7, 1234)));
+        std::fs::write(dir.path().join("cursor"), "seven\n").unwrap();
+        assert_eq!(read_cursor(dir.path()), None);
+    }
+
+    #[test]
+    fn recovery_cuts_a_torn_tail_and_keeps_a_copy() {
+        let dir = spool_dir();
+        let good = segment(
+            dir.path(),
+            1,
+            &[record(b"a v=1 1\n"), record(b"b v=2 2\n")],
+            b"IWP1\x40\0",
+        );
+        let found = recover(dir.path()).unwrap();
+        assert_eq!((found.state.entries, found.state.bytes), (2, good));
+        assert_eq!(found.torn, 1);
+        assert_eq!(found.next_seq, 2);
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len(),
+            good
+        );
+        let kept: Vec<_> = std::fs::read_dir(dir.path().join("rejected"))
+            .unwrap()
+            .collect();
+        assert_eq!(kept.len(), 1);
+        // A second recovery finds the same records and nothing torn.
+        let again = recover(dir.path()).unwrap();
+        assert_eq!((again.state.entries, again.torn), (2, 0));
+    }
+
+    #[test]
+    fn recovery_starts_at_the_cursor_and_removes_segments_replayed_past() {
+        let dir = spool_dir();
+        segment(dir.path(), 1, &[record(b"old v=1 1\n")], b"");
+        let first = record(b"a v=1 1\n");
+        let second = record(b"b v=2 2\n");
+        segment(dir.path(), 2, &[first.clone(), second.clone()], b"");
+        write_cursor(dir.path(), 2, first.encoded_len()).unwrap();
+        let found = recover(dir.path()).unwrap();
+        assert!(!segment_path(dir.path(), 1).exists());
+        assert_eq!(found.state.head, first.encoded_len());
+        assert_eq!(
+            (found.state.entries, found.state.bytes),
+            (1, second.encoded_len())
+        );
+        assert_eq!(found.state.segments.len(), 1);
+        assert_eq!(found.next_seq, 3);
+    }
+
+    #[test]
+    fn a_damaged_record_before_intact_ones_is_one_entry_not_a_torn_tail() {
+        let dir = spool_dir();
+        let a = record(b"a v=1 1\n");
+        let c = record(b"c v=3 3\n");
+        let mut damaged = a.encode_head();
+        damaged.extend_from_slice(&a.body);
+        let flip = damaged.len() - 2;
+        damaged[flip] ^= 0xff;
+        let mut file = File::create(segment_path(dir.path(), 1)).unwrap();
+        file.write_all(&damaged).unwrap();
+        file.write_all(&c.encode_head()).unwrap();
+        file.write_all(&c.body).unwrap();
+        drop(file);
+        let found = recover(dir.path()).unwrap();
+        assert_eq!(found.torn, 0);
+        assert_eq!(found.state.entries, 2);
+        assert_eq!(found.state.bytes, a.encoded_len() + c.encoded_len());
+    }
+}
