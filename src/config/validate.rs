@@ -539,8 +539,6 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A node is `http://host:port` with an optional path prefix (for nodes behind a path-routing
-/// gateway); `/write` is appended to it.
 /// `url` with any `user:password@` replaced by `***@`, for error messages: a password put
 /// in a node URL must not reach `check`'s output or the log.
 pub(super) fn without_userinfo(url: &str) -> String {
@@ -554,6 +552,9 @@ pub(super) fn without_userinfo(url: &str) -> String {
     }
 }
 
+/// A node is `http://host:port` or `https://host:port` with an optional path prefix (for
+/// nodes behind a path-routing gateway; `/write` and `/ping` are appended to it), no
+/// credentials and no query; a trailing `/` is dropped.
 fn parse_node(url: &str) -> Result<Uri, &'static str> {
     let scheme = if url.starts_with("https://") {
         "https"

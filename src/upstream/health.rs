@@ -1,6 +1,6 @@
 //! Active health checks: every `health_check_interval`, `GET /ping` on each node of a
 //! cluster with a short timeout. Node state changes are logged. The task holds only a weak
-//! reference, so it ends when its cluster is dropped (on shutdown or, later, reload).
+//! reference, so it ends when its cluster is dropped (on shutdown, or when a reload replaces it).
 
 use std::future::Future;
 use std::sync::{Arc, Weak};

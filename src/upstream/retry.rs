@@ -1,5 +1,5 @@
-//! What is safe to try again, and when. One `classify()` decides for the live path and (later)
-//! for spool replay: connection errors, per-try timeouts, 502/503/504, and a 500 whose error
+//! What is safe to try again, and when. One `classify()` decides for the live path and for
+//! spool replay: connection errors, per-try timeouts, 502/503/504, and a 500 whose error
 //! is `timeout` or an exceeded cache are retried; nothing else is, because InfluxDB has
 //! already judged the write (a 4xx or a permanent 500 would be rejected again, and a replay
 //! of a partial write would only repeat its error). Retries are safe because points without a
