@@ -21,6 +21,7 @@ use crate::spool::{self};
 use crate::state::{Generation, Shared};
 use crate::upstream::{self, Accepted, Credentials, Forward};
 
+/// A write, step by step: its head, its body, the stamp, the mirrors, the delivery, the answer.
 pub(super) async fn write(
     shared: &Arc<Shared>,
     generation: &Arc<Generation>,
@@ -28,23 +29,76 @@ pub(super) async fn write(
     request: Request<Incoming>,
     details: &mut WriteDetails,
 ) -> Result<Resp, ProxyError> {
-    let config = &generation.config;
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let query = request.uri().query();
+    let (parts, incoming) = request.into_parts();
+    let target = prepare(generation, api, &parts, details)?;
+    // The body's bytes count against max_inflight_bytes until the write is answered.
+    let mut reservation = shared.inflight.reserve();
+    let (wire, quick) = read_body(generation, &target, &parts, incoming, &mut reservation).await?;
+    let timestamp = target.params.precision.timestamp(received.as_nanos());
+    let (body, gzip, points) = stamped(
+        generation,
+        &target,
+        wire,
+        quick,
+        timestamp,
+        &mut reservation,
+    )
+    .await?;
+    details.bytes = body.len();
+    details.points = points;
+    let request_id = parts
+        .extensions
+        .get::<RequestIdValue>()
+        .map(|id| id.0.clone())
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let forward = Forward {
+        params: target.params,
+        body,
+        gzip,
+        request_id,
+        credentials: target.credentials,
+    };
+    let timeout = generation.config.server.request_timeout;
+    mirror(shared, generation, target.mirrors, &forward);
+    let primary = cluster(generation, target.primary);
+    let accepted = deliver(shared, timeout, &primary, forward).await?;
+    Ok(acknowledge(shared, &primary, accepted, details))
+}
+
+/// What the head of a write says: where it goes, as whom, and how its body is encoded.
+struct Target<'g> {
+    params: WriteParams,
+    principal: Option<Arc<Principal>>,
+    gzip: bool,
+    primary: &'g str,
+    mirrors: &'g [String],
+    credentials: Credentials,
+}
+
+/// The head: parameters, authorization (before a byte of the body is read), the encoding,
+/// the route and the credentials to send upstream.
+fn prepare<'g>(
+    generation: &'g Generation,
+    api: Api,
+    parts: &http::request::Parts,
+    details: &mut WriteDetails,
+) -> Result<Target<'g>, ProxyError> {
+    let config = &generation.config;
+    let query = parts.uri.query();
     let params = match api {
         Api::V1 => WriteParams::from_v1(query)?,
         Api::V2 => WriteParams::from_v2(query)?,
     };
-    let principal = request.extensions().get::<Arc<Principal>>().cloned();
+    let principal = parts.extensions.get::<Arc<Principal>>().cloned();
     details.db.clone_from(&params.db);
     details.rp = params.rp.clone().unwrap_or_default();
     details.principal = principal
         .as_ref()
         .map(|p| p.name.clone())
         .unwrap_or_default();
-    // Authorization before a byte of the body is read.
     if let Some(principal) = &principal {
         if !principal.may_write(&params.db, params.rp.as_deref()) {
             tracing::info!(principal = %principal.name, db = %params.db, "write refused: database not allowed");
@@ -54,7 +108,6 @@ pub(super) async fn write(
             });
         }
     }
-    let (parts, incoming) = request.into_parts();
     let gzip = match parts
         .headers
         .get(CONTENT_ENCODING)
@@ -70,13 +123,6 @@ pub(super) async fn write(
     };
     let (primary, mirrors) = config.clusters_for(&params.db);
     details.cluster = primary.to_string();
-    let cluster = |name: &str| {
-        generation
-            .upstreams
-            .get(name)
-            .cloned()
-            .expect("validated routes name existing clusters")
-    };
     let credentials = match config.auth.mode {
         AuthMode::None | AuthMode::Proxy => Credentials::Cluster,
         AuthMode::Passthrough => Credentials::Client(client_credentials(
@@ -84,21 +130,39 @@ pub(super) async fn write(
             parts.headers.get(AUTHORIZATION),
         )),
     };
-    let server = &config.server;
+    Ok(Target {
+        params,
+        principal,
+        gzip,
+        primary,
+        mirrors,
+        credentials,
+    })
+}
+
+/// The body as it arrived, within max_body_bytes, body_read_timeout and the in-flight
+/// budget. A plain body is checked for timestamps frame by frame, while each is in cache:
+/// the second value is its point count when every point has one.
+async fn read_body(
+    generation: &Generation,
+    target: &Target<'_>,
+    parts: &http::request::Parts,
+    incoming: Incoming,
+    reservation: &mut body::Reservation,
+) -> Result<(Chunks, Option<u64>), ProxyError> {
+    let server = &generation.config.server;
     let content_length = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let mut reservation = shared.inflight.reserve();
-    // Plain bodies are checked for timestamps frame by frame, while each is in cache.
-    let mut check = (!gzip).then(TimestampCheck::default);
+    let mut check = (!target.gzip).then(TimestampCheck::default);
     let wire = body::read(
         incoming,
         content_length,
         server.max_body_bytes,
         server.body_read_timeout,
-        &mut reservation,
+        reservation,
         |frame| {
             if let Some(check) = &mut check {
                 check.feed(frame);
@@ -106,57 +170,66 @@ pub(super) async fn write(
         },
     )
     .await?;
-    let timestamp = params.precision.timestamp(received.as_nanos());
-    let (body, gzip, points) = if gzip {
-        let limit = server.max_decoded_body_bytes;
-        let compressed = wire.join();
-        let input = compressed.clone();
-        let decoded = tokio::task::spawn_blocking(move || body::gunzip(&input, limit))
-            .await
-            .expect("gunzip does not panic")?;
-        reservation.grow(decoded.len() as u64)?;
-        check_bytes(principal.as_deref(), decoded.len())?;
-        let (stamped, summary) = lineproto::stamp(decoded, timestamp);
-        // A gzip body that needed no change goes upstream still compressed.
-        if summary.untimed == 0 && summary.crlf == 0 {
-            (Chunks::from(compressed), true, summary.points)
-        } else {
-            (Chunks::from(stamped), false, summary.points)
-        }
-    } else {
-        check_bytes(principal.as_deref(), wire.len() as usize)?;
-        match check.and_then(TimestampCheck::finish) {
+    Ok((wire, check.and_then(TimestampCheck::finish)))
+}
+
+/// The body to forward, whether it is still gzip, and its points: decoded (within
+/// max_decoded_body_bytes), held to the principal's byte rate, and stamped where a point
+/// lacks a timestamp. A body that needed no change goes as it came (gzip still compressed).
+async fn stamped(
+    generation: &Generation,
+    target: &Target<'_>,
+    wire: Chunks,
+    quick: Option<u64>,
+    timestamp: i64,
+    reservation: &mut body::Reservation,
+) -> Result<(Chunks, bool, u64), ProxyError> {
+    let principal = target.principal.as_deref();
+    if !target.gzip {
+        check_bytes(principal, wire.len() as usize)?;
+        return Ok(match quick {
             Some(points) => (wire, false, points),
             None => {
                 let (stamped, summary) = lineproto::stamp(wire.join(), timestamp);
                 (Chunks::from(stamped), false, summary.points)
             }
-        }
-    };
-    let request_id = parts
-        .extensions
-        .get::<RequestIdValue>()
-        .map(|id| id.0.clone())
-        .unwrap_or_else(|| HeaderValue::from_static("-"));
-    details.bytes = body.len();
-    details.points = points;
-    let forward = Forward {
-        params,
-        body,
-        gzip,
-        request_id,
-        credentials,
-    };
-    // Mirrors get their copy in the background: their answers never reach the client and
-    // never delay it.
-    for mirror in mirrors.iter().map(|name| cluster(name)) {
-        let (forward, timeout) = (forward.clone(), server.request_timeout);
+        });
+    }
+    let limit = generation.config.server.max_decoded_body_bytes;
+    let compressed = wire.join();
+    let input = compressed.clone();
+    let decoded = tokio::task::spawn_blocking(move || body::gunzip(&input, limit))
+        .await
+        .expect("gunzip does not panic")?;
+    reservation.grow(decoded.len() as u64)?;
+    check_bytes(principal, decoded.len())?;
+    let (stamped, summary) = lineproto::stamp(decoded, timestamp);
+    Ok(if summary.untimed == 0 && summary.crlf == 0 {
+        (Chunks::from(compressed), true, summary.points)
+    } else {
+        (Chunks::from(stamped), false, summary.points)
+    })
+}
+
+fn cluster(generation: &Generation, name: &str) -> Arc<upstream::Cluster> {
+    generation
+        .upstreams
+        .get(name)
+        .cloned()
+        .expect("validated routes name existing clusters")
+}
+
+/// Mirrors get their copy in the background: their answers never reach the client and never
+/// delay it. A mirror's failed copy is spooled (when the spool is on) whatever the client
+/// asked for: the client was answered by the primary.
+fn mirror(shared: &Arc<Shared>, generation: &Generation, mirrors: &[String], forward: &Forward) {
+    let timeout = generation.config.server.request_timeout;
+    for mirror in mirrors.iter().map(|name| cluster(generation, name)) {
+        let forward = forward.clone();
         let shared = shared.clone();
         shared.clone().background.spawn(async move {
             if let Err(error) = mirror.write_within(timeout, forward.clone()).await {
                 mirror.mirror_failed(&error);
-                // A mirror's copy is spooled whatever the client asked for: the client was
-                // answered by the primary.
                 if let Some(spool) = shared.spool.as_ref().filter(|_| spool::may_spool(&error)) {
                     match spool.append(&mirror.name, &forward).await {
                         Ok(()) => tracing::info!(cluster = %mirror.name, "mirror write spooled"),
@@ -168,26 +241,33 @@ pub(super) async fn write(
             }
         });
     }
-    let primary = cluster(primary);
-    let accepted = deliver(shared, server.request_timeout, &primary, forward).await?;
+}
+
+/// The answer to a write the cluster (or the spool) took: counted, then an empty 204.
+fn acknowledge(
+    shared: &Shared,
+    primary: &upstream::Cluster,
+    accepted: Accepted,
+    details: &mut WriteDetails,
+) -> Resp {
     details.node = accepted.node;
     details.tries = accepted.tries;
-    shared
-        .metrics
+    let cluster = [primary.name.as_str()];
+    let metrics = &shared.metrics;
+    metrics
         .write_bytes
-        .with_label_values(&[primary.name.as_str()])
+        .with_label_values(&cluster)
         .inc_by(details.bytes);
-    shared
-        .metrics
+    metrics
         .write_points
-        .with_label_values(&[primary.name.as_str()])
+        .with_label_values(&cluster)
         .inc_by(details.points);
     let mut response = Response::new(Full::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     if let Some(version) = accepted.version {
         response.headers_mut().insert("x-influxdb-version", version);
     }
-    Ok(response)
+    response
 }
 
 /// Delivers a write to its primary cluster; when the cluster cannot take it and the spool
