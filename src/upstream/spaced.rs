@@ -2,9 +2,9 @@
 //! and DEL) as spaces. InfluxDB copies a rejected point's bytes into `X-Influxdb-Error` raw,
 //! and no HTTP parser accepts a NUL in a header (httparse refuses it even when told to skip
 //! bad headers), so a 400 for such a point would reach the client as a 502. Nothing else an
-//! upstream sends the proxy holds such a byte: its answers to writes, pings and `CREATE
-//! DATABASE` are JSON, which escapes them, and the client asks for no compressed answers.
-//! Requests pass unchanged.
+//! upstream sends this client holds such a byte: its answers to writes and pings are empty or
+//! JSON, which escapes them, and it asks for no compressed answers. Requests pass unchanged.
+//! (A client for query results, which may be msgpack or gzip, must not use this connector.)
 
 use std::future::Future;
 use std::io;
