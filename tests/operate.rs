@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use support::pki::{self, Ca, Leaf};
 use support::{
-    free_port, metric_value, parse_metrics, scrape, wait_until, Proxy, ProxyProcess, Reply,
+    free_port, metric_value, parse_metrics, scrape, wait_until, which, Proxy, ProxyProcess, Reply,
     Upstream,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -500,14 +500,6 @@ async fn metrics_count_a_scripted_workload_with_bounded_labels() {
         String::from_utf8_lossy(&out.stderr)
     );
     proxy.stop().await;
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 // === reload ===

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::pki::Ca;
-use support::{free_port, refused_url, Influxd, ADMIN, ADMIN_PASSWORD};
+use support::{free_port, refused_url, which, Influxd, ADMIN, ADMIN_PASSWORD};
 
 const APP_TOKEN: &str = "app-token-0123456789abcdef";
 const FLOOD_TOKEN: &str = "flood-token-0123456789abcdef";
@@ -20,16 +20,9 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            p.to_str()?
-                .split(':')
-                .map(|d| Path::new(d).join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!("{name} not found: install Debian's `prometheus` package (scripts/test.sh does)")
-        })
+    which(name).unwrap_or_else(|| {
+        panic!("{name} not found: install Debian's `prometheus` package (scripts/test.sh does)")
+    })
 }
 
 #[test]
