@@ -209,7 +209,9 @@ async fn every_dashboard_query_returns_data_from_a_scraped_proxy() {
     })
     .await
     .unwrap());
-    std::fs::write(&config_path, &toml).unwrap();
+    // The good reload also changes spool.max_bytes, which waits for a restart: the gauge
+    // must keep showing the limit the running spool enforces (the default, 1 GiB).
+    std::fs::write(&config_path, format!("{toml}max_bytes = \"2MiB\"\n")).unwrap();
     assert!(tokio::task::spawn_blocking(move || reloader.reload())
         .await
         .unwrap());
@@ -283,6 +285,12 @@ async fn every_dashboard_query_returns_data_from_a_scraped_proxy() {
             Err(error) => failures.push(format!("{panel}: {error} in {expr}")),
         }
     }
+    let limit = prometheus
+        .query("influx_write_proxy_spool_bytes_limit")
+        .await
+        .unwrap();
+    assert_eq!(limit.len(), 1, "{limit:?}");
+    assert_eq!(limit[0]["value"][1], "1073741824", "{limit:?}");
     let _ = stop.send(());
     let _ = serving.await;
     assert!(

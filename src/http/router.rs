@@ -198,10 +198,11 @@ fn metrics(shared: &Shared, generation: &Generation) -> Resp {
     metrics
         .inflight_bytes_limit
         .set(shared.inflight.limit() as i64);
-    let spool = generation.config.spool.as_ref();
+    // The running spool's limit: `[spool]` changes wait for a restart.
+    let spool = shared.spool.as_ref();
     metrics
         .spool_bytes_limit
-        .set(spool.map_or(0, |s| s.max_bytes as i64));
+        .set(spool.map_or(0, |s| s.max_bytes() as i64));
     let (body, content_type) = metrics.render();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     if let Ok(value) = HeaderValue::from_str(&content_type) {

@@ -73,6 +73,11 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// `max_bytes` as the spool was opened with (a reload does not change it).
+    pub fn max_bytes(&self) -> u64 {
+        self.config.max_bytes
+    }
+
     pub fn open(config: &SpoolConfig, metrics: &Arc<Metrics>) -> io::Result<Spool> {
         std::fs::create_dir_all(&config.dir).map_err(|e| {
             io::Error::new(
