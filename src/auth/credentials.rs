@@ -69,6 +69,15 @@ pub fn presented(query: Option<&str>, headers: &HeaderMap, jwt: bool) -> Present
     }
 }
 
+/// `user` and `password` as a client presents them, for tests.
+#[cfg(test)]
+pub(super) fn up(user: &str, password: &str) -> Presented {
+    Presented::UserPassword {
+        user: user.into(),
+        password: Secret::new(password.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,13 +86,6 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, authorization.parse().unwrap());
         headers
-    }
-
-    fn up(user: &str, password: &str) -> Presented {
-        Presented::UserPassword {
-            user: user.into(),
-            password: Secret::new(password.into()),
-        }
     }
 
     #[test]

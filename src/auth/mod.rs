@@ -295,12 +295,7 @@ mod tests {
     use super::*;
     use crate::config::{TokenConfig, UserConfig};
 
-    fn up(user: &str, password: &str) -> Presented {
-        Presented::UserPassword {
-            user: user.into(),
-            password: Secret::new(password.into()),
-        }
-    }
+    use credentials::up;
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
