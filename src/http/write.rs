@@ -190,7 +190,7 @@ async fn stamped(
         return Ok(match quick {
             Some(points) => (wire, false, points),
             None => {
-                let (stamped, summary) = lineproto::stamp(wire.join(), timestamp);
+                let (stamped, summary) = lineproto::stamp_lines(wire.join(), timestamp);
                 (Chunks::from(stamped), false, summary.points)
             }
         });
