@@ -710,6 +710,9 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&body)
             );
+            // Judging every line gives the same bytes as taking the quick path when it can.
+            let (judged, _) = stamp_lines(Bytes::copy_from_slice(&body), 42);
+            assert_eq!(&judged[..], &out[..]);
         }
         // The generator reaches both sides of the question.
         assert!(stamped_lines > 10_000, "{stamped_lines}");
