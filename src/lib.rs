@@ -8,6 +8,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod http;
+pub mod influxql;
 pub mod limit;
 pub mod lineproto;
 pub mod metrics;
