@@ -375,11 +375,7 @@ impl Walk<'_> {
                 Token::Ws | Token::Comment => continue,
                 Token::Eof | Token::Semicolon => return Ok(End::Statement),
                 Token::LParen => parens.push(Paren::Group),
-                Token::RParen => {
-                    if parens.pop().is_none() && sub {
-                        return Ok(End::Paren);
-                    }
-                }
+                Token::RParen if parens.pop().is_none() && sub => return Ok(End::Paren),
                 Token::Comma => {
                     regex_next = match parens.last() {
                         Some(Paren::Call) => true,
