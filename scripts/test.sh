@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README.md "Testing"): installs what the tests need when it is missing
-# (Debian's influxdb, curl, and prometheus for promtool and the dashboard check; the tests
-# start their own influxd and prometheus on free loopback ports), then runs every test.
+# (Debian's influxdb, curl, prometheus for promtool and the dashboard check, and the Python
+# `influxdb` client the read path is tested with; the tests start their own influxd and
+# prometheus on free loopback ports), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ need=()
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+/usr/bin/python3 -c 'import influxdb, msgpack' >/dev/null 2>&1 || need+=(python3-influxdb python3-msgpack)
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 export DEBIAN_FRONTEND=noninteractive

@@ -87,6 +87,27 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
+    #[error("no node of cluster {cluster:?} could take the query")]
+    QueryUnavailable {
+        cluster: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("missing required parameter \"q\"")]
+    MissingQuery,
+    #[error("cannot classify the query: {0}")]
+    Unclassifiable(String),
+    #[error("{principal:?} is not authorized to read database {db:?}")]
+    ReadForbidden { principal: String, db: String },
+    #[error("{principal:?} is not authorized to run {kind}")]
+    RunForbidden {
+        principal: String,
+        kind: &'static str,
+    },
+    #[error("query spans clusters {0}")]
+    SpansClusters(String),
+    #[error("the SHOW DATABASES answer could not be filtered: {0}")]
+    Unfilterable(&'static str),
     #[error("cluster {cluster:?} answered with something that is not HTTP")]
     UpstreamBadResponse {
         cluster: String,
@@ -121,12 +142,15 @@ impl ProxyError {
             | InvalidParameter(_)
             | BadGzip(_)
             | UnsupportedEncoding(_)
-            | BodyRead(_) => StatusCode::BAD_REQUEST,
+            | BodyRead(_)
+            | MissingQuery
+            | Unclassifiable(_)
+            | SpansClusters(_) => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } | DecodedBodyTooLarge { .. } | LargerThanBurst { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden { .. } => StatusCode::FORBIDDEN,
+            Forbidden { .. } | ReadForbidden { .. } | RunForbidden { .. } => StatusCode::FORBIDDEN,
             RateLimited { .. } | LoginThrottled { .. } | LoginsPending { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -135,8 +159,10 @@ impl ProxyError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             QueryNotSupported => StatusCode::NOT_IMPLEMENTED,
             Upstream { status, .. } => *status,
-            UpstreamUnavailable { .. } | Overloaded | Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamUnavailable { .. } | QueryUnavailable { .. } | Overloaded | Spool(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            UpstreamBadResponse { .. } | Unfilterable(_) => StatusCode::BAD_GATEWAY,
             Panic => StatusCode::INTERNAL_SERVER_ERROR,
             UpstreamTimeout { .. } | RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -112,7 +112,7 @@ pub struct Query<'a> {
 }
 
 /// The parameters the proxy reads; anything else is ignored and never forwarded.
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 14] = [
     "db",
     "rp",
     "precision",
@@ -122,6 +122,11 @@ const KNOWN: [&str; 9] = [
     "bucket",
     "q",
     "verbose",
+    "epoch",
+    "chunked",
+    "chunk_size",
+    "pretty",
+    "params",
 ];
 
 impl<'a> Query<'a> {

@@ -32,14 +32,26 @@ pub use jwt::verify_jwt;
 pub struct Principal {
     pub name: String,
     databases: Vec<String>,
+    read_databases: Vec<String>,
+    /// May run InfluxQL that changes schema, data or users (SPEC §10).
+    pub admin: bool,
     pub limits: Limits,
 }
 
+/// Grants, as configured, for one principal.
+struct GrantConfig<'a> {
+    write: &'a [String],
+    read: &'a [String],
+    admin: bool,
+}
+
 impl Principal {
-    fn new(name: &str, databases: &[String], rate: RateConfig) -> Arc<Self> {
+    fn new(name: &str, grants: GrantConfig<'_>, rate: RateConfig) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_string(),
-            databases: databases.to_vec(),
+            databases: grants.write.to_vec(),
+            read_databases: grants.read.to_vec(),
+            admin: grants.admin,
             limits: Limits::new(rate),
         })
     }
@@ -48,24 +60,46 @@ impl Principal {
     /// retention policy; `db/rp` patterns need the write to name a matching rp (the default
     /// policy's name is the cluster's business, so `db/*` is the way to allow it).
     pub fn may_write(&self, db: &str, rp: Option<&str>) -> bool {
-        self.databases
-            .iter()
-            .any(|pattern| match pattern.split_once('/') {
-                None => glob_match::glob_match(pattern, db),
-                Some((db_glob, rp_glob)) => {
-                    glob_match::glob_match(db_glob, db)
-                        && (rp_glob == "*"
-                            || rp.is_some_and(|rp| glob_match::glob_match(rp_glob, rp)))
-                }
-            })
+        granted(&self.databases, db, rp)
     }
 
     /// For `CREATE DATABASE`: whether any pattern covers the database at all.
     pub fn may_use_database(&self, db: &str) -> bool {
-        self.databases.iter().any(|pattern| {
-            glob_match::glob_match(pattern.split_once('/').map_or(pattern, |(d, _)| d), db)
-        })
+        covered(&self.databases, db)
     }
+
+    /// Whether a `read_databases` pattern allows reading `db` (and `rp`), as `may_write`.
+    pub fn may_read(&self, db: &str, rp: Option<&str>) -> bool {
+        granted(&self.read_databases, db, rp)
+    }
+
+    /// For `SHOW DATABASES`: whether any read pattern covers the database.
+    pub fn may_see_database(&self, db: &str) -> bool {
+        covered(&self.read_databases, db)
+    }
+
+    /// Whether every database is readable (`"*"`), so nothing needs filtering.
+    pub fn reads_everything(&self) -> bool {
+        self.read_databases.iter().any(|p| p == "*" || p == "*/*")
+    }
+}
+
+fn granted(patterns: &[String], db: &str, rp: Option<&str>) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| match pattern.split_once('/') {
+            None => glob_match::glob_match(pattern, db),
+            Some((db_glob, rp_glob)) => {
+                glob_match::glob_match(db_glob, db)
+                    && (rp_glob == "*" || rp.is_some_and(|rp| glob_match::glob_match(rp_glob, rp)))
+            }
+        })
+}
+
+fn covered(patterns: &[String], db: &str) -> bool {
+    patterns.iter().any(|pattern| {
+        glob_match::glob_match(pattern.split_once('/').map_or(pattern, |(d, _)| d), db)
+    })
 }
 
 /// Successful password checks remembered at most; the cache is emptied when full.
@@ -124,13 +158,25 @@ impl Authenticator {
             tokens: config
                 .tokens
                 .iter()
-                .map(|t| (t.digest, Principal::new(&t.name, &t.databases, t.rate)))
+                .map(|t| {
+                    let grants = GrantConfig {
+                        write: &t.databases,
+                        read: &t.read_databases,
+                        admin: t.admin,
+                    };
+                    (t.digest, Principal::new(&t.name, grants, t.rate))
+                })
                 .collect(),
             users: config
                 .users
                 .iter()
                 .map(|u| {
-                    let principal = Principal::new(&u.username, &u.databases, u.rate);
+                    let grants = GrantConfig {
+                        write: &u.databases,
+                        read: &u.read_databases,
+                        admin: u.admin,
+                    };
+                    let principal = Principal::new(&u.username, grants, u.rate);
                     (u.username.clone(), (Verifier::new(&u.password), principal))
                 })
                 .collect(),
@@ -312,6 +358,8 @@ mod tests {
                 name: "telegraf".into(),
                 digest: sha256(b"telegraf-token-0123456789"),
                 databases: vec!["telegraf".into()],
+                read_databases: vec![],
+                admin: false,
                 rate: RATE,
             }],
             users: vec![
@@ -319,12 +367,16 @@ mod tests {
                     username: "alice".into(),
                     password: PasswordCheck::Argon2(hash_password("alice-pw")),
                     databases: vec!["app_*".into(), "metrics/short".into()],
+                    read_databases: vec!["app_*".into(), "metrics/short".into()],
+                    admin: false,
                     rate: RATE,
                 },
                 UserConfig {
                     username: "bob".into(),
                     password: PasswordCheck::Plain(sha256(b"bob-pw")),
                     databases: vec!["*".into()],
+                    read_databases: vec!["*".into()],
+                    admin: true,
                     rate: RATE,
                 },
             ],
@@ -443,6 +495,24 @@ mod tests {
         );
         assert!(alice.may_use_database("metrics"));
         assert!(!alice.may_use_database("telegraf"));
+    }
+
+    #[test]
+    fn read_grants_are_their_own_patterns() {
+        let auth = authenticator(None);
+        let (alice, bob) = (&auth.users["alice"].1, &auth.users["bob"].1);
+        let telegraf = &auth.tokens[0].1;
+        assert!(alice.may_read("app_web", None));
+        assert!(!alice.may_read("metrics", None), "db/rp needs the rp named");
+        assert!(alice.may_read("metrics", Some("short")));
+        assert!(alice.may_see_database("metrics"));
+        assert!(!alice.may_see_database("telegraf"));
+        assert!(!alice.reads_everything() && !alice.admin);
+        assert!(bob.reads_everything() && bob.admin);
+        assert!(
+            telegraf.may_write("telegraf", None) && !telegraf.may_read("telegraf", None),
+            "a write grant is no read grant"
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,15 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `None` unless `[spool] enabled = true`.
     pub spool: Option<SpoolConfig>,
+    /// `None` unless `[query] enabled = true`.
+    pub query: Option<QueryConfig>,
+}
+
+/// The read path (`[query]`, SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryConfig {
+    /// The whole query, from the request to the last byte of the answer.
+    pub timeout: Duration,
 }
 
 /// The durable queue for writes a cluster could not take (`[spool]`).
@@ -96,6 +105,10 @@ pub struct TokenConfig {
     /// SHA-256 of the token: the token itself is never kept.
     pub digest: [u8; 32],
     pub databases: Vec<String>,
+    /// Read grants for `/query`, patterns as `databases`.
+    pub read_databases: Vec<String>,
+    /// May run InfluxQL that changes schema, data or users.
+    pub admin: bool,
     pub rate: RateConfig,
 }
 
@@ -105,6 +118,10 @@ pub struct UserConfig {
     pub username: String,
     pub password: PasswordCheck,
     pub databases: Vec<String>,
+    /// Read grants for `/query`, patterns as `databases`.
+    pub read_databases: Vec<String>,
+    /// May run InfluxQL that changes schema, data or users.
+    pub admin: bool,
     pub rate: RateConfig,
 }
 
@@ -469,7 +486,7 @@ mod tests {
             errors,
             vec![
                 "auth.tokens[0].token: plain tokens must be at least 16 characters",
-                "auth.tokens[0].databases: needs at least one pattern (\"*\" for all)",
+                "auth.tokens[0].databases: needs at least one pattern (\"*\" for all), or read_databases or admin",
                 "auth.tokens[1].token: a sha256: token needs 64 hex digits (see `hash-secret --token`)",
                 "auth.tokens[1]: \"a\" is used by another token or user",
                 "auth.users[0].password: not a valid argon2 PHC string (see `hash-secret`)",

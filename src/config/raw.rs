@@ -87,6 +87,15 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
     pub(super) spool: Option<RawSpool>,
+    pub(super) query: Option<RawQuery>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuery {
+    #[serde(default)]
+    pub(super) enabled: bool,
+    pub(super) timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +154,10 @@ pub(super) struct RawToken {
     pub(super) token: String,
     #[serde(default)]
     pub(super) databases: Vec<String>,
+    #[serde(default)]
+    pub(super) read_databases: Vec<String>,
+    #[serde(default)]
+    pub(super) admin: bool,
     pub(super) rate_limit: Option<RawRateOverride>,
 }
 
@@ -155,6 +168,10 @@ pub(super) struct RawUser {
     pub(super) password: String,
     #[serde(default)]
     pub(super) databases: Vec<String>,
+    #[serde(default)]
+    pub(super) read_databases: Vec<String>,
+    #[serde(default)]
+    pub(super) admin: bool,
     pub(super) rate_limit: Option<RawRateOverride>,
 }
 

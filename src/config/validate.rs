@@ -187,6 +187,17 @@ impl RawConfig {
             .as_ref()
             .filter(|s| s.enabled)
             .map(|s| validate_spool(s, mode, &mut c));
+        let query = self
+            .query
+            .as_ref()
+            .filter(|q| q.enabled)
+            .map(|q| QueryConfig {
+                timeout: c.duration(
+                    "query.timeout",
+                    q.timeout.as_deref(),
+                    Duration::from_secs(60),
+                ),
+            });
 
         if !self.clusters.contains_key("default") {
             c.error(
@@ -291,6 +302,7 @@ impl RawConfig {
             clusters,
             routes,
             spool,
+            query,
         })
     }
 }
@@ -310,6 +322,13 @@ fn validate_tls(raw: &RawTls, c: &mut Checker) -> TlsConfig {
         c.error(e.key, e.message);
     }
     tls
+}
+
+/// What a token or user is granted.
+struct Grants<'a> {
+    write: &'a [String],
+    read: &'a [String],
+    admin: bool,
 }
 
 fn validate_spool(raw: &RawSpool, mode: AuthMode, c: &mut Checker) -> SpoolConfig {
@@ -383,25 +402,28 @@ fn validate_auth(
         },
     };
     let mut names = std::collections::HashSet::new();
-    let mut databases = |c: &mut Checker, path: &str, name: &str, patterns: &[String]| {
+    // A principal needs some grant; read grants and admin only matter with `[query]`.
+    let mut grants = |c: &mut Checker, path: &str, name: &str, grants: Grants<'_>| {
         if name.is_empty() {
             c.error(path, "needs a name");
         } else if !names.insert(name.to_string()) {
             c.error(path, format!("{name:?} is used by another token or user"));
         }
-        if patterns.is_empty() {
+        if grants.write.is_empty() && grants.read.is_empty() && !grants.admin {
             c.error(
                 &format!("{path}.databases"),
-                "needs at least one pattern (\"*\" for all)",
+                "needs at least one pattern (\"*\" for all), or read_databases or admin",
             );
         }
-        if patterns.iter().any(|p| p.is_empty() || p.starts_with('/')) {
-            c.error(
-                &format!("{path}.databases"),
-                "patterns are \"db\" or \"db/rp\" globs",
-            );
+        for (key, patterns) in [("databases", grants.write), ("read_databases", grants.read)] {
+            if patterns.iter().any(|p| p.is_empty() || p.starts_with('/')) {
+                c.error(
+                    &format!("{path}.{key}"),
+                    "patterns are \"db\" or \"db/rp\" globs",
+                );
+            }
         }
-        patterns.to_vec()
+        (grants.write.to_vec(), grants.read.to_vec())
     };
     let mut tokens = vec![];
     for (i, t) in raw.tokens.iter().enumerate() {
@@ -423,8 +445,20 @@ fn validate_auth(
             }
             None => sha256(t.token.as_bytes()),
         };
+        let (databases, read_databases) = grants(
+            c,
+            &path,
+            &t.name,
+            Grants {
+                write: &t.databases,
+                read: &t.read_databases,
+                admin: t.admin,
+            },
+        );
         tokens.push(TokenConfig {
-            databases: databases(c, &path, &t.name, &t.databases),
+            databases,
+            read_databases,
+            admin: t.admin,
             name: t.name.clone(),
             digest,
             rate: rate(c, &path, &t.rate_limit),
@@ -452,8 +486,20 @@ fn validate_auth(
         } else {
             PasswordCheck::Plain(sha256(u.password.as_bytes()))
         };
+        let (databases, read_databases) = grants(
+            c,
+            &path,
+            &u.username,
+            Grants {
+                write: &u.databases,
+                read: &u.read_databases,
+                admin: u.admin,
+            },
+        );
         users.push(UserConfig {
-            databases: databases(c, &path, &u.username, &u.databases),
+            databases,
+            read_databases,
+            admin: u.admin,
             username: u.username.clone(),
             password,
             rate: rate(c, &path, &u.rate_limit),

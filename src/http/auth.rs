@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use http::Request;
 use tower::{Layer, Service};
 
-use super::{Endpoint, PeerAddr, Resp};
+use super::{full, Endpoint, PeerAddr, Resp};
 use crate::auth::{presented, Presented};
 use crate::error::{Api, ProxyError};
 use crate::metrics::Metrics;
@@ -90,7 +90,7 @@ where
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
             let realm = &generation.config.server.realm;
             if let Err(throttled) = auth.throttle.check(ip) {
-                return Ok(throttled.into_response(api, realm));
+                return Ok(full(throttled.into_response(api, realm)));
             }
             let presented = presented(request.uri().query(), request.headers(), auth.jwt_enabled());
             let missing = matches!(presented, Presented::None);
@@ -98,23 +98,23 @@ where
                 Ok(principal) => {
                     if let Err(limited) = principal.limits.check_request(&principal.name) {
                         metrics.count_refusal(&limited);
-                        return Ok(limited.into_response(api, realm));
+                        return Ok(full(limited.into_response(api, realm)));
                     }
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
                 Err(error @ ProxyError::LoginsPending { .. }) => {
-                    Ok(error.into_response(api, realm))
+                    Ok(full(error.into_response(api, realm)))
                 }
                 Err(error @ ProxyError::LoginThrottled { .. }) => {
-                    Ok(error.into_response(api, realm))
+                    Ok(full(error.into_response(api, realm)))
                 }
                 Err(error) => {
                     let reason = if missing { "missing" } else { "invalid" };
                     metrics.auth_failures.with_label_values(&[reason]).inc();
                     tracing::info!(client = %ip, reason, "authentication failed");
                     auth.throttle.failed(ip);
-                    Ok(error.into_response(api, realm))
+                    Ok(full(error.into_response(api, realm)))
                 }
             }
         })
@@ -166,7 +166,7 @@ mod tests {
                     .get::<Arc<Principal>>()
                     .map_or("anonymous".to_string(), |p| p.name.clone());
                 assert!(request.extensions().get::<Arc<Generation>>().is_some());
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                Ok::<_, Infallible>(full(Response::new(Full::new(Bytes::from(name)))))
             },
         ))
     }

@@ -7,17 +7,28 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::Response;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{Either, Full};
 
-use crate::error::Api;
+use crate::error::{Api, BoxError};
 
 pub mod auth;
 pub mod observe;
+mod query;
 pub mod request_id;
 pub mod router;
+mod show_databases;
 mod write;
 
-pub(crate) type Resp = Response<Full<Bytes>>;
+/// A response body: whole (the proxy's own answers), or streamed from an upstream (reads).
+pub type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, BoxError>>;
+
+pub(crate) type Resp = Response<Body>;
+
+/// A whole response as a `Resp`.
+pub(crate) fn full(response: Response<Full<Bytes>>) -> Resp {
+    response.map(Either::Left)
+}
 
 /// Which listener serves an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,4 +123,6 @@ pub struct WriteDetails {
     pub tries: u32,
     pub bytes: u64,
     pub points: u64,
+    /// A query's statement kinds, comma-separated (never its text).
+    pub statements: String,
 }

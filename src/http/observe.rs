@@ -144,6 +144,7 @@ fn access_log<RB>(
                 tries = w.tries,
                 bytes = w.bytes,
                 points = w.points,
+                statements = %w.statements,
                 duration_ms,
                 "request"
             )

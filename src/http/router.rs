@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tower::Service;
 
 use super::request_id::OWN_VERSION;
-use super::{Endpoint, Resp, Role, WriteDetails};
+use super::{full, Endpoint, Resp, Role, WriteDetails};
 use crate::auth::Principal;
 use crate::body::{self};
 use crate::error::{json_response, Api, ProxyError};
@@ -75,7 +75,12 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
         ("/write" | "/api/v2/write", &Method::POST) => {
             super::write::write(&shared, &generation, api, request, &mut details).await
         }
-        ("/query", &Method::GET | &Method::POST) => query(&shared, &generation, request).await,
+        ("/query", &Method::GET | &Method::POST) => match &generation.config.query {
+            Some(config) => {
+                super::query::query(&shared, &generation, config, request, &mut details).await
+            }
+            None => query(&shared, &generation, request).await,
+        },
         ("/ping", _) if get => Ok(ping(&request)),
         ("/health", _) if get => Ok(health(&generation)),
         ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
@@ -85,9 +90,9 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
     };
     let mut response = result.unwrap_or_else(|e| {
         shared.metrics.count_refusal(&e);
-        e.into_response(api, &generation.config.server.realm)
+        full(e.into_response(api, &generation.config.server.realm))
     });
-    if !details.db.is_empty() {
+    if !(details.db.is_empty() && details.cluster.is_empty() && details.principal.is_empty()) {
         response.extensions_mut().insert(details);
     }
     response
@@ -108,7 +113,7 @@ fn ping(request: &Request<Incoming>) -> Resp {
     } else {
         let mut response = Response::new(Full::default());
         *response.status_mut() = StatusCode::NO_CONTENT;
-        response
+        full(response)
     }
 }
 
@@ -208,11 +213,12 @@ fn metrics(shared: &Shared, generation: &Generation) -> Resp {
     if let Ok(value) = HeaderValue::from_str(&content_type) {
         response.headers_mut().insert(CONTENT_TYPE, value);
     }
-    response
+    full(response)
 }
 
-/// Telegraf and others send `CREATE DATABASE` at start; the proxy says yes without touching
-/// the cluster (databases are an operator's business). Any other query is refused.
+/// Without `[query]`: Telegraf and others send `CREATE DATABASE` at start; the proxy says
+/// yes without touching the cluster (databases are an operator's business). Any other query
+/// is refused.
 async fn query(
     shared: &Shared,
     generation: &Generation,
@@ -278,7 +284,7 @@ fn create_database_target(q: &str) -> Option<String> {
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Resp {
-    json_response(status, &value)
+    full(json_response(status, &value))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::request_id::RequestIdValue;
-use super::{Resp, WriteDetails};
+use super::{full, Resp, WriteDetails};
 use crate::auth::Principal;
 use crate::body::{self, Chunks};
 use crate::config::AuthMode;
@@ -125,10 +125,9 @@ fn prepare<'g>(
     details.cluster = primary.to_string();
     let credentials = match config.auth.mode {
         AuthMode::None | AuthMode::Proxy => Credentials::Cluster,
-        AuthMode::Passthrough => Credentials::Client(client_credentials(
-            &params,
-            parts.headers.get(AUTHORIZATION),
-        )),
+        AuthMode::Passthrough => {
+            Credentials::of_client(params.user.as_ref(), parts.headers.get(AUTHORIZATION))
+        }
     };
     Ok(Target {
         params,
@@ -267,7 +266,7 @@ fn acknowledge(
     if let Some(version) = accepted.version {
         response.headers_mut().insert("x-influxdb-version", version);
     }
-    response
+    full(response)
 }
 
 /// Delivers a write to its primary cluster; when the cluster cannot take it and the spool
@@ -307,49 +306,5 @@ fn check_bytes(principal: Option<&Principal>, bytes: usize) -> Result<(), ProxyE
     match principal {
         Some(p) => p.limits.check_bytes(&p.name, bytes as u64),
         None => Ok(()),
-    }
-}
-
-/// What mode `passthrough` sends upstream: `u`/`p` as Basic, `Token user:password` as Basic
-/// (1.x reads `Token` only that way), any other `Authorization` as it came.
-fn client_credentials(params: &WriteParams, header: Option<&HeaderValue>) -> Option<HeaderValue> {
-    if let Some((user, password)) = &params.user {
-        return Some(upstream::basic(user, password.expose()));
-    }
-    let header = header?;
-    let text = std::str::from_utf8(header.as_bytes()).ok();
-    if let Some(pair) = text.and_then(|h| h.strip_prefix("Token ")) {
-        if let Some((user, password)) = pair.split_once(':') {
-            return Some(upstream::basic(user, password));
-        }
-    }
-    let mut value = header.clone();
-    value.set_sensitive(true);
-    Some(value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passthrough_turns_token_user_password_into_basic() {
-        let params = WriteParams::from_v1(Some("db=a")).unwrap();
-        let token = HeaderValue::from_static("Token bob:pw");
-        assert_eq!(
-            client_credentials(&params, Some(&token)).unwrap(),
-            upstream::basic("bob", "pw")
-        );
-        let bearer = HeaderValue::from_static("Bearer xyz");
-        assert_eq!(
-            client_credentials(&params, Some(&bearer)).unwrap(),
-            "Bearer xyz"
-        );
-        let with_up = WriteParams::from_v1(Some("db=a&u=al&p=s")).unwrap();
-        assert_eq!(
-            client_credentials(&with_up, Some(&bearer)).unwrap(),
-            upstream::basic("al", "s")
-        );
-        assert!(client_credentials(&params, None).is_none());
     }
 }

@@ -7,8 +7,11 @@
 
 mod health;
 pub mod node;
+mod read;
 pub mod retry;
 mod spaced;
+
+pub use read::{Answer, QueryForward};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::body::Chunks;
-use crate::config::{ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config, Secret};
 use crate::error::{BoxError, ProxyError};
 use crate::metrics::Metrics;
 use crate::rewrite::WriteParams;
@@ -39,6 +42,7 @@ use spaced::Spacing;
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
 type HttpClient = Client<Spacing<HttpsConnector<HttpConnector>>, Chunks>;
+type QueryClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
 /// Finds a cluster of the running configuration by name.
 pub type ClusterLookup = Arc<dyn Fn(&str) -> Option<Arc<Cluster>> + Send + Sync>;
@@ -84,8 +88,10 @@ impl Upstreams {
     }
 }
 
-/// A cluster's pooled keep-alive client, speaking TLS to `https://` nodes.
-fn client(config: &ClusterConfig) -> HttpClient {
+/// A cluster's pooled keep-alive clients, speaking TLS to `https://` nodes: one for writes
+/// and pings (reading control bytes as spaces, see `spaced`), one for queries (whose answers
+/// pass byte for byte).
+fn clients(config: &ClusterConfig) -> (HttpClient, QueryClient) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -100,13 +106,17 @@ fn client(config: &ClusterConfig) -> HttpClient {
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        // InfluxDB's error header may carry any byte of a point; see `spaced`.
-        .build(Spacing(connector))
+        .pool_max_idle_per_host(1024);
+    // InfluxDB's error header may carry any byte of a point; see `spaced`.
+    (
+        builder.build(Spacing(connector.clone())),
+        builder.build(connector),
+    )
 }
 
 /// One cluster: its nodes, credentials, retry policy and retry budget.
@@ -127,6 +137,7 @@ pub struct Cluster {
     /// cluster is not hit by a retry storm.
     budget: TpsBudget,
     client: HttpClient,
+    query_client: QueryClient,
 }
 
 /// A write ready to go upstream. Cheap to clone (the body is shared).
@@ -147,6 +158,36 @@ pub enum Credentials {
     Cluster,
     /// The client's, as they came (mode passthrough); `None` sends none.
     Client(Option<HeaderValue>),
+}
+
+impl Credentials {
+    /// What mode `passthrough` sends upstream: `u`/`p` as Basic, `Token user:password` as
+    /// Basic (1.x reads `Token` only that way), any other `Authorization` as it came.
+    pub fn of_client(user: Option<&(String, Secret)>, header: Option<&HeaderValue>) -> Self {
+        if let Some((user, password)) = user {
+            return Credentials::Client(Some(basic(user, password.expose())));
+        }
+        let Some(header) = header else {
+            return Credentials::Client(None);
+        };
+        let text = std::str::from_utf8(header.as_bytes()).ok();
+        if let Some(pair) = text.and_then(|h| h.strip_prefix("Token ")) {
+            if let Some((user, password)) = pair.split_once(':') {
+                return Credentials::Client(Some(basic(user, password)));
+            }
+        }
+        let mut value = header.clone();
+        value.set_sensitive(true);
+        Credentials::Client(Some(value))
+    }
+
+    #[cfg(test)]
+    fn header(&self) -> Option<&HeaderValue> {
+        match self {
+            Credentials::Client(client) => client.as_ref(),
+            Credentials::Cluster => None,
+        }
+    }
 }
 
 /// What a successful upstream answer carries back to the client.
@@ -170,7 +211,7 @@ impl Accepted {
 
 impl Cluster {
     fn new(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Self {
-        let client = client(config);
+        let (client, query_client) = clients(config);
         let nodes = config
             .nodes
             .iter()
@@ -200,6 +241,7 @@ impl Cluster {
             health_check_interval: config.health_check_interval,
             budget: TpsBudget::new(Duration::from_secs(10), 3, 0.2),
             client,
+            query_client,
         }
     }
 
@@ -217,7 +259,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Counts and times one try.
+    /// Counts and times one try of a write.
     fn observe(
         &self,
         node: &Node,
@@ -230,9 +272,14 @@ impl Cluster {
             Err(ProxyError::UpstreamTimeout { .. }) => "timeout".to_string(),
             Err(_) => "error".to_string(),
         };
+        self.record(node, &code, took);
+    }
+
+    /// Counts and times one try: `code` is the status, `timeout` or `error`.
+    fn record(&self, node: &Node, code: &str, took: Duration) {
         let m = &self.metrics;
         m.upstream_requests
-            .with_label_values(&[self.name.as_str(), node.name.as_str(), code.as_str()])
+            .with_label_values(&[self.name.as_str(), node.name.as_str(), code])
             .inc();
         m.upstream_duration
             .with_label_values(&[self.name.as_str(), node.name.as_str()])
@@ -490,6 +537,27 @@ mod tests {
             base_url(&"http://a:8086/influx".parse().unwrap()),
             "http://a:8086/influx/"
         );
+    }
+
+    #[test]
+    fn passthrough_turns_token_user_password_into_basic() {
+        let client = |user: Option<(&str, &str)>, header: Option<&'static str>| {
+            let user = user.map(|(u, p)| (u.to_string(), Secret::new(p.to_string())));
+            let header = header.map(HeaderValue::from_static);
+            Credentials::of_client(user.as_ref(), header.as_ref())
+                .header()
+                .cloned()
+        };
+        assert_eq!(client(None, Some("Token bob:pw")), Some(basic("bob", "pw")));
+        assert_eq!(
+            client(None, Some("Bearer xyz")),
+            Some(HeaderValue::from_static("Bearer xyz"))
+        );
+        assert_eq!(
+            client(Some(("al", "s")), Some("Bearer xyz")),
+            Some(basic("al", "s"))
+        );
+        assert_eq!(client(None, None), None);
     }
 
     #[test]

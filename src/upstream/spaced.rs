@@ -4,7 +4,7 @@
 //! bad headers), so a 400 for such a point would reach the client as a 502. Nothing else an
 //! upstream sends this client holds such a byte: its answers to writes and pings are empty or
 //! JSON, which escapes them, and it asks for no compressed answers. Requests pass unchanged.
-//! (A client for query results, which may be msgpack or gzip, must not use this connector.)
+//! Query answers, which may be MessagePack or gzip, go through a client without it.
 
 use std::future::Future;
 use std::io;

@@ -138,6 +138,10 @@ impl ProxyProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("running").id();
