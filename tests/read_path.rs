@@ -813,3 +813,73 @@ async fn create_database_keeps_its_answer_without_touching_the_cluster() {
         .to_string();
     assert!(!databases.contains("read_never_created"));
 }
+
+#[tokio::test]
+async fn query_text_never_reaches_the_log_at_info() {
+    const CANARY: &str = "query-canary-pw-8c1d";
+    let db = seeded("read_canary").await;
+    let influxd = Influxd::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let proxy = ProxyProcess::start(
+        dir.path(),
+        port,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[auth]\nmode = \"proxy\"\n\
+             [[auth.tokens]]\nname = \"reader\"\ntoken = \"{READER}\"\nread_databases = [\"{db}\"]\n\
+             [[auth.tokens]]\nname = \"root\"\ntoken = \"{ROOT}\"\nread_databases = [\"*\"]\nadmin = true\n\
+             [query]\nenabled = true\n\
+             [clusters.default]\nnodes = [\"{}\"]\nusername = \"{ADMIN}\"\npassword = \"{ADMIN_PASSWORD}\"\n",
+            influxd.url
+        ),
+    );
+    let send = |token: &str, q: String| {
+        client()
+            .post(proxy.url("/query"))
+            .header("authorization", format!("Token {token}"))
+            .form(&[("q", q.as_str()), ("db", db.as_str())])
+            .send()
+    };
+    let cases = [
+        (
+            ROOT,
+            format!("CREATE USER canary WITH PASSWORD '{CANARY}'"),
+            200,
+        ),
+        (READER, format!("SET PASSWORD FOR canary = '{CANARY}'"), 403),
+        (
+            READER,
+            format!("SELECT * FROM cpu WHERE host = '{CANARY}'"),
+            200,
+        ),
+        (
+            READER,
+            format!("SELECT * FROM cpu WHERE host = '{CANARY}"),
+            400,
+        ),
+        (
+            READER,
+            format!("SELECT * FROM cpu WHERE h = '{CANARY}'; DROP DATABASE {db}"),
+            403,
+        ),
+        (
+            ROOT,
+            format!("SELECT * FROM cpu WHERE host = ;'{CANARY}'"),
+            400,
+        ),
+    ];
+    for (token, q, status) in cases {
+        let response = send(token, q.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{q}");
+    }
+    influxd.blocking_query("DROP USER canary", None, true);
+    let log = std::fs::read_to_string(dir.path().join("proxy-0.log")).unwrap();
+    let access: Vec<&str> = log.lines().filter(|l| l.contains("\"query\"")).collect();
+    assert_eq!(access.len(), 6, "{log}");
+    assert!(
+        access.iter().any(|l| l.contains("CREATE USER")),
+        "kinds are logged: {log}"
+    );
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains(CANARY)).collect();
+    assert!(leaks.is_empty(), "query text in the log: {leaks:#?}");
+}

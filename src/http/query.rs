@@ -202,6 +202,8 @@ pub(super) async fn query(
         return Ok(response);
     }
     let principal = principal.expect("filters are for principals");
+    // The held answer counts against max_inflight_bytes while it is filtered.
+    let mut reservation = shared.inflight.reserve();
     let held = tokio::time::timeout_at(
         deadline,
         http_body_util::Limited::new(body, MAX_FILTERED_ANSWER).collect(),
@@ -210,6 +212,7 @@ pub(super) async fn query(
     .map_err(|_| ProxyError::RequestTimeout)?
     .map_err(|_| ProxyError::Unfilterable("the answer was cut or too large"))?
     .to_bytes();
+    reservation.grow(held.len() as u64)?;
     let content_type = upstream
         .headers
         .get(CONTENT_TYPE)
