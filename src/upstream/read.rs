@@ -62,6 +62,8 @@ impl Cluster {
                 }
             };
             let code = match &outcome {
+                // As for writes: successes are `2xx`, other answers their status.
+                Ok(response) if response.status().is_success() => "2xx".to_string(),
                 Ok(response) => response.status().as_u16().to_string(),
                 Err(ProxyError::UpstreamTimeout { .. }) => "timeout".to_string(),
                 Err(_) => "error".to_string(),
