@@ -1,11 +1,9 @@
 //! Reading request bodies within bounds: `max_body_bytes` (413, from `Content-Length` before
-//! reading and while reading chunked bodies), `body_read_timeout` between frames (408),
-//! `max_inflight_bytes` across all requests (503), and gunzip within `max_decoded_body_bytes`.
+//! reading and while reading chunked bodies), `body_read_timeout` between frames (408), and
+//! the request's share of `max_inflight_bytes` (`inflight`): bytes beyond what it reserved
+//! are taken as they arrive (503 when there is no room).
 
-use std::io::Read;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,66 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-
-/// Bytes of request bodies held in memory by all requests together.
-#[derive(Debug)]
-pub struct Inflight {
-    used: AtomicU64,
-    limit: u64,
-}
-
-impl Inflight {
-    pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self {
-            used: AtomicU64::new(0),
-            limit,
-        })
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    /// An empty reservation, grown as bytes arrive and released when dropped.
-    pub fn reserve(self: &Arc<Self>) -> Reservation {
-        Reservation {
-            inflight: self.clone(),
-            bytes: 0,
-        }
-    }
-}
-
-/// This request's share of [`Inflight`].
-#[derive(Debug)]
-pub struct Reservation {
-    inflight: Arc<Inflight>,
-    bytes: u64,
-}
-
-impl Reservation {
-    /// Takes `n` more bytes, or refuses when that would pass the limit.
-    pub fn grow(&mut self, n: u64) -> Result<(), ProxyError> {
-        let limit = self.inflight.limit;
-        self.inflight
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
-                used.checked_add(n).filter(|&total| total <= limit)
-            })
-            .map_err(|_| ProxyError::Overloaded)?;
-        self.bytes += n;
-        Ok(())
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.inflight.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
+use crate::inflight::Reservation;
 
 /// A body held as the frames it was read in, so it can be scanned and forwarded without
 /// being copied into one buffer. It is also the body type sent upstream: its exact size
@@ -160,7 +99,7 @@ impl http_body::Body for Chunks {
 }
 
 /// Reads a whole body, keeping the frames as hyper produced them and handing each to
-/// `inspect` as it arrives.
+/// `inspect` as it arrives. Bytes beyond what `reservation` already holds are added to it.
 pub async fn read(
     mut body: Incoming,
     content_length: Option<u64>,
@@ -189,60 +128,19 @@ pub async fn read(
         if chunks.len() + data.len() as u64 > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
-        reservation.grow(data.len() as u64)?;
+        let beyond = (chunks.len() + data.len() as u64).saturating_sub(reservation.bytes());
+        if beyond > 0 {
+            reservation.grow(beyond)?;
+        }
         inspect(&data);
         chunks.push(data);
     }
     Ok(chunks)
 }
 
-/// Decompresses a gzip body (concatenated members too, as Go's reader does), refusing to
-/// produce more than `limit` bytes so a small bomb cannot take the memory.
-pub fn gunzip(compressed: &[u8], limit: u64) -> Result<Bytes, ProxyError> {
-    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(limit + 1);
-    let mut out = Vec::with_capacity((compressed.len() * 4).min(limit as usize + 1));
-    decoder.read_to_end(&mut out).map_err(ProxyError::BadGzip)?;
-    if out.len() as u64 > limit {
-        return Err(ProxyError::DecodedBodyTooLarge { limit });
-    }
-    Ok(Bytes::from(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::write::GzEncoder;
-    use std::io::Write;
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(data).unwrap();
-        encoder.finish().unwrap()
-    }
-
-    #[test]
-    fn gunzip_round_trips_and_accepts_concatenated_members() {
-        let mut two = gzip(b"a v=1\n");
-        two.extend(gzip(b"b v=2\n"));
-        assert_eq!(&gunzip(&two, 100).unwrap()[..], b"a v=1\nb v=2\n");
-    }
-
-    #[test]
-    fn rejects_gzip_bomb_at_decoded_limit() {
-        let bomb = gzip(&vec![b'a'; 10_000_000]);
-        assert!(bomb.len() < 50_000, "{}", bomb.len());
-        assert!(matches!(
-            gunzip(&bomb, 1_000_000),
-            Err(ProxyError::DecodedBodyTooLarge { limit: 1_000_000 })
-        ));
-        assert_eq!(gunzip(&bomb, 10_000_000).unwrap().len(), 10_000_000);
-    }
-
-    #[test]
-    fn unreadable_gzip_is_a_bad_request() {
-        let err = gunzip(b"plain text", 100).unwrap_err();
-        assert_eq!(err.status(), 400);
-    }
 
     #[tokio::test]
     async fn chunks_forward_every_byte_with_an_exact_length() {
@@ -254,19 +152,5 @@ mod tests {
         assert_eq!(&chunks.join()[..], b"a v=1 1\nb v=2 2\n");
         let collected = chunks.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"a v=1 1\nb v=2 2\n");
-    }
-
-    #[test]
-    fn inflight_reservations_are_bounded_and_released() {
-        let inflight = Inflight::new(100);
-        let mut a = inflight.reserve();
-        a.grow(60).unwrap();
-        let mut b = inflight.reserve();
-        assert!(matches!(b.grow(50), Err(ProxyError::Overloaded)));
-        b.grow(40).unwrap();
-        drop(a);
-        assert_eq!(inflight.used(), 40);
-        drop(b);
-        assert_eq!(inflight.used(), 0);
     }
 }

@@ -9,9 +9,9 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::body::Inflight;
 use crate::config::{AuthMode, Config};
 use crate::error::BoxError;
+use crate::inflight::Inflight;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 use crate::upstream::{self, Upstreams};
@@ -50,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// `[spool] enabled` only.
     pub spool: Option<Spool>,
+    /// One gzip decode per core at a time.
+    pub decoders: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -78,6 +80,9 @@ impl Shared {
             background: TaskTracker::new(),
             metrics,
             spool,
+            decoders: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }))
     }
 

@@ -537,9 +537,9 @@ async fn h2c_prior_knowledge_clients_can_write() {
 }
 
 #[tokio::test]
-async fn too_many_bytes_in_flight_get_503_with_retry_after() {
+async fn too_many_bytes_in_flight_get_503_with_retry_after_the_wait() {
     let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_millis(500))).await;
-    let proxy = Proxy::with_nodes(&[upstream.url()], "[server]\nmax_inflight_bytes = 1500\nmax_body_bytes = 1000\nmax_decoded_body_bytes = 1000\n").await;
+    let proxy = Proxy::with_nodes(&[upstream.url()], "[server]\nmax_inflight_bytes = 1500\nmax_body_bytes = 1000\nmax_decoded_body_bytes = 1000\ninflight_wait = \"100ms\"\n").await;
     let body = format!("m v=1 1\n{}", "#".repeat(900));
     let first = tokio::spawn(
         client()
@@ -548,12 +548,17 @@ async fn too_many_bytes_in_flight_get_503_with_retry_after() {
             .send(),
     );
     tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
     let second = client()
         .post(proxy.url("/write?db=a"))
         .body(body.clone())
         .send()
         .await
         .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "it waited first"
+    );
     assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(
         expect_error(second, 503).await,
@@ -568,6 +573,40 @@ async fn too_many_bytes_in_flight_get_503_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(third.status(), 204);
+}
+
+#[tokio::test]
+async fn writers_that_do_not_fit_wait_their_turn_and_all_get_204() {
+    let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_millis(100))).await;
+    // Room for two bodies at a time; ten writers at once, each waiting up to 5 s.
+    let proxy = Proxy::with_nodes(&[upstream.url()], "[server]\nmax_inflight_bytes = 2100\nmax_body_bytes = 1000\nmax_decoded_body_bytes = 1000\ninflight_wait = \"5s\"\n").await;
+    let writes: Vec<_> = (0..10)
+        .map(|i| {
+            let body = format!("m,w={i} v=1 1\n{}", "#".repeat(900));
+            tokio::spawn(client().post(proxy.url("/write?db=a")).body(body).send())
+        })
+        .collect();
+    for write in writes {
+        assert_eq!(write.await.unwrap().unwrap().status(), 204);
+    }
+    let mut writers: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    writers.sort();
+    writers.dedup();
+    assert_eq!(
+        writers.len(),
+        10,
+        "every body went upstream once: {writers:?}"
+    );
 }
 
 #[tokio::test]

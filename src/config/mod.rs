@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub max_decoded_body_bytes: u64,
     pub max_inflight_bytes: u64,
+    /// How long a request may wait for room in `max_inflight_bytes` before its 503.
+    pub inflight_wait: Duration,
     /// From a request head's first byte (or the connection's start) to its end.
     pub header_read_timeout: Duration,
     /// How long an HTTP/1.1 connection may sit idle between requests.

@@ -117,6 +117,7 @@ pub(super) struct RawServer {
     pub(super) max_body_bytes: Option<RawSize>,
     pub(super) max_decoded_body_bytes: Option<RawSize>,
     pub(super) max_inflight_bytes: Option<RawSize>,
+    pub(super) inflight_wait: Option<String>,
     pub(super) header_read_timeout: Option<String>,
     pub(super) keepalive_timeout: Option<String>,
     pub(super) body_read_timeout: Option<String>,

@@ -120,6 +120,11 @@ impl RawConfig {
                 s.max_inflight_bytes.as_ref(),
                 512 << 20,
             ),
+            inflight_wait: c.duration(
+                "server.inflight_wait",
+                s.inflight_wait.as_deref(),
+                Duration::from_secs(2),
+            ),
             header_read_timeout: c.duration(
                 "server.header_read_timeout",
                 s.header_read_timeout.as_deref(),

@@ -15,6 +15,8 @@ use crate::auth::Principal;
 use crate::body::{self, Chunks};
 use crate::config::AuthMode;
 use crate::error::{Api, ProxyError};
+use crate::gzip;
+use crate::inflight::Reservation;
 use crate::lineproto::{self, TimestampCheck};
 use crate::rewrite::WriteParams;
 use crate::spool::{self};
@@ -34,15 +36,27 @@ pub(super) async fn write(
         .unwrap_or_default();
     let (parts, incoming) = request.into_parts();
     let target = prepare(generation, api, &parts, details)?;
+    let content_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     // The body's bytes count against max_inflight_bytes until the write is answered.
-    let mut reservation = shared.inflight.reserve();
-    let (wire, quick) = read_body(generation, &target, &parts, incoming, &mut reservation).await?;
-    let timestamp = target.params.precision.timestamp(received.as_nanos());
-    let (body, gzip, points) = stamped(
+    let mut reservation = reserve(shared, generation, &target, content_length).await?;
+    let (wire, quick) = read_body(
         generation,
         &target,
-        wire,
-        quick,
+        content_length,
+        incoming,
+        &mut reservation,
+    )
+    .await?;
+    let timestamp = target.params.precision.timestamp(received.as_nanos());
+    let (body, gzip, points) = stamped(
+        shared,
+        generation,
+        &target,
+        (wire, quick),
         timestamp,
         &mut reservation,
     )
@@ -139,22 +153,52 @@ fn prepare<'g>(
     })
 }
 
+/// How many times its compressed size a gzip body is first given room to decode into (the
+/// rig's 5,000-line body decodes to 4.5 times); its trailer then says exactly.
+const GZIP_ROOM: u64 = 6;
+
+/// Room in max_inflight_bytes for what the body will need, before a byte of it is read:
+/// its `Content-Length`, and for gzip room to decode into. Waits for it up to
+/// `inflight_wait`, in arrival order (SPEC §4.1); a chunked body takes its room as it comes.
+async fn reserve(
+    shared: &Shared,
+    generation: &Generation,
+    target: &Target<'_>,
+    content_length: Option<u64>,
+) -> Result<Reservation, ProxyError> {
+    let server = &generation.config.server;
+    if content_length.is_some_and(|n| n > server.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: server.max_body_bytes,
+        });
+    }
+    let upfront = match content_length {
+        None => 0,
+        Some(n) if target.gzip => {
+            n + n
+                .saturating_mul(GZIP_ROOM)
+                .min(server.max_decoded_body_bytes)
+        }
+        Some(n) => n,
+    };
+    let mut reservation = shared.inflight.reserve();
+    reservation
+        .grow_within(upfront, server.inflight_wait)
+        .await?;
+    Ok(reservation)
+}
+
 /// The body as it arrived, within max_body_bytes, body_read_timeout and the in-flight
 /// budget. A plain body is checked for timestamps frame by frame, while each is in cache:
 /// the second value is its point count when every point has one.
 async fn read_body(
     generation: &Generation,
     target: &Target<'_>,
-    parts: &http::request::Parts,
+    content_length: Option<u64>,
     incoming: Incoming,
-    reservation: &mut body::Reservation,
+    reservation: &mut Reservation,
 ) -> Result<(Chunks, Option<u64>), ProxyError> {
     let server = &generation.config.server;
-    let content_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
     let mut check = (!target.gzip).then(TimestampCheck::default);
     let wire = body::read(
         incoming,
@@ -176,12 +220,12 @@ async fn read_body(
 /// max_decoded_body_bytes), held to the principal's byte rate, and stamped where a point
 /// lacks a timestamp. A body that needed no change goes as it came (gzip still compressed).
 async fn stamped(
+    shared: &Shared,
     generation: &Generation,
     target: &Target<'_>,
-    wire: Chunks,
-    quick: Option<u64>,
+    (wire, quick): (Chunks, Option<u64>),
     timestamp: i64,
-    reservation: &mut body::Reservation,
+    reservation: &mut Reservation,
 ) -> Result<(Chunks, bool, u64), ProxyError> {
     let principal = target.principal.as_deref();
     if !target.gzip {
@@ -194,18 +238,40 @@ async fn stamped(
             }
         });
     }
-    let limit = generation.config.server.max_decoded_body_bytes;
+    let server = &generation.config.server;
+    let limit = server.max_decoded_body_bytes;
     let compressed = wire.join();
+    let held = compressed.len() as u64;
+    // The trailer says what the body decodes to. When that is more room than the head got,
+    // give back the guess and wait for the room, holding only the compressed bytes: waiting
+    // while holding the guess could leave every request waiting on the others' guesses.
+    if let Some(size) = gzip::stated_size(&compressed).filter(|&s| s <= limit) {
+        if held + size > reservation.bytes() {
+            reservation.shrink_to(held);
+            reservation.grow_within(size, server.inflight_wait).await?;
+        }
+    }
+    // At most one decode per core at once: more would only hold more memory.
+    let _slot = shared.decoders.acquire().await.expect("never closed");
     let input = compressed.clone();
-    let decoded = tokio::task::spawn_blocking(move || body::gunzip(&input, limit))
-        .await
-        .expect("gunzip does not panic")?;
-    reservation.grow(decoded.len() as u64)?;
+    let mut room = std::mem::replace(reservation, shared.inflight.reserve());
+    let (decoded, room) = tokio::task::spawn_blocking(move || {
+        let decoded = gzip::gunzip(&input, limit, &mut room, held);
+        (decoded, room)
+    })
+    .await
+    .expect("gunzip does not panic");
+    *reservation = room;
+    let decoded = decoded?;
     check_bytes(principal, decoded.len())?;
     let (stamped, summary) = lineproto::stamp(decoded, timestamp);
     Ok(if summary.untimed == 0 && summary.crlf == 0 {
+        // Forwarded as it came: the decoded copy is gone, and so is its room.
+        drop(stamped);
+        reservation.shrink_to(held);
         (Chunks::from(compressed), true, summary.points)
     } else {
+        reservation.shrink_to(stamped.len() as u64);
         (Chunks::from(stamped), false, summary.points)
     })
 }

@@ -1,0 +1,157 @@
+//! SPEC §4.1 on the real binary: whatever the load, its RSS stays under `max_inflight_bytes`
+//! + 64 MiB, and it returns near idle when the load ends.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{client, free_port, gzip, ProxyProcess, Reply, Upstream};
+
+const MIB: u64 = 1024 * 1024;
+
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Samples the RSS of `pid` every 10 ms while `work` runs; the peak.
+async fn peak_while<F: std::future::Future>(pid: u32, work: F) -> (F::Output, u64) {
+    let sampling = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(rss(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if peak == u64::MAX {
+                return peak;
+            }
+        }
+    });
+    let out = work.await;
+    let peak = rss(pid).max(0);
+    sampling.abort();
+    let sampled = sampling.await.err().map(|_| 0).unwrap_or(0);
+    (out, peak.max(sampled))
+}
+
+fn start(dir: &std::path::Path, node: &str, server: &str) -> ProxyProcess {
+    let port = free_port();
+    ProxyProcess::start(
+        dir,
+        port,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[clusters.default]\nnodes = [\"{node}\"]\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gzip_bombs_get_413_within_the_budget_and_memory_comes_back() {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        dir.path(),
+        &upstream.url(),
+        "max_inflight_bytes = \"128MiB\"\nmax_body_bytes = \"1MiB\"\nmax_decoded_body_bytes = \"16MiB\"",
+    );
+    let pid = proxy.pid();
+    // ~200 kB that decode to 200 MB each; the trailer says so, too.
+    let bomb = gzip(&vec![b'a'; 200 * MIB as usize]);
+    let idle = rss(pid);
+    let url = proxy.url("/write?db=a");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watch = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let bombs: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(
+                client()
+                    .post(url.clone())
+                    .header("content-encoding", "gzip")
+                    .body(bomb.clone())
+                    .send(),
+            )
+        })
+        .collect();
+    for bomb in bombs {
+        assert_eq!(bomb.await.unwrap().unwrap().status(), 413);
+    }
+    watch.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak < 128 * MIB + 64 * MIB,
+        "peak RSS {} MiB (idle {} MiB)",
+        peak / MIB,
+        idle / MIB
+    );
+    assert!(upstream.received().is_empty());
+    // Back near idle once the load is over.
+    let mut after = rss(pid);
+    for _ in 0..50 {
+        if after < idle + 48 * MIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = rss(pid);
+    }
+    assert!(
+        after < idle + 48 * MIB,
+        "RSS {} MiB after the load, idle {} MiB",
+        after / MIB,
+        idle / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_gzip_writers_behind_a_slow_upstream_stay_inside_the_budget() {
+    let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_millis(300))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        dir.path(),
+        &upstream.url(),
+        "max_inflight_bytes = \"32MiB\"\ninflight_wait = \"20s\"",
+    );
+    let pid = proxy.pid();
+    let mut body = String::new();
+    for i in 0..20_000 {
+        body.push_str(&format!(
+            "cpu,host=h{} usage={i} {}\n",
+            i % 50,
+            1_700_000_000_000_000_000i64 + i
+        ));
+    }
+    let compressed = gzip(body.as_bytes());
+    let url = proxy.url("/write?db=a");
+    let (statuses, peak) = peak_while(pid, async {
+        let writers: Vec<_> = (0..64)
+            .map(|_| {
+                tokio::spawn(
+                    client()
+                        .post(url.clone())
+                        .header("content-encoding", "gzip")
+                        .body(compressed.clone())
+                        .send(),
+                )
+            })
+            .collect();
+        let mut statuses = vec![];
+        for writer in writers {
+            statuses.push(writer.await.unwrap().unwrap().status().as_u16());
+        }
+        statuses
+    })
+    .await;
+    assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
+    assert_eq!(upstream.received().len(), 64);
+    assert!(peak < 32 * MIB + 64 * MIB, "peak RSS {} MiB", peak / MIB);
+}
