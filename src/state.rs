@@ -50,8 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// `[spool] enabled` only.
     pub spool: Option<Spool>,
-    /// One gzip decode per core at a time.
-    pub decoders: tokio::sync::Semaphore,
+    /// The threads gzip bodies are decoded on, one per core.
+    pub decoders: crate::gzip::Decoders,
 }
 
 impl Shared {
@@ -80,7 +80,7 @@ impl Shared {
             background: TaskTracker::new(),
             metrics,
             spool,
-            decoders: tokio::sync::Semaphore::new(
+            decoders: crate::gzip::Decoders::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
         }))

@@ -251,16 +251,16 @@ async fn stamped(
             reservation.grow_within(size, server.inflight_wait).await?;
         }
     }
-    // At most one decode per core at once: more would only hold more memory.
-    let _slot = shared.decoders.acquire().await.expect("never closed");
+    // On the decoder threads, one per core: more at once would only hold more memory.
     let input = compressed.clone();
     let mut room = std::mem::replace(reservation, shared.inflight.reserve());
-    let (decoded, room) = tokio::task::spawn_blocking(move || {
-        let decoded = gzip::gunzip(&input, limit, &mut room, held);
-        (decoded, room)
-    })
-    .await
-    .expect("gunzip does not panic");
+    let (decoded, room) = shared
+        .decoders
+        .run(move || {
+            let decoded = gzip::gunzip(&input, limit, &mut room, held);
+            (decoded, room)
+        })
+        .await;
     *reservation = room;
     let decoded = decoded?;
     check_bytes(principal, decoded.len())?;
