@@ -35,6 +35,19 @@ for d in docs:
 env = dict(os.environ, TELEGRAF_TOKEN="x" * 32, INFLUX_USERNAME="u", INFLUX_PASSWORD="p")
 failed = False
 
+UNITS = {"": 1, "k": 1000, "K": 1000, "kB": 1000, "KB": 1000, "MB": 10**6, "GB": 10**9,
+         "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+         "M": 10**6, "G": 10**9}
+
+def size(text):
+    """A proxy.toml size ("640MiB", "25MB", 1000) or a Kubernetes quantity ("768Mi")."""
+    m = re.fullmatch(r'\s*"?(\d+)\s*([A-Za-z]*)"?\s*', str(text))
+    return int(m.group(1)) * UNITS[m.group(2)]
+
+def inflight(text):
+    m = re.search(r'^\s*max_inflight_bytes\s*=\s*("[^"]*"|\d+)', text, re.M)
+    return size(m.group(1)) if m else 512 * 2**20
+
 def durations(text, key):
     m = re.search(rf'^\s*{key}\s*=\s*"(\d+)s"', text, re.M)
     return int(m.group(1)) if m else 25
@@ -59,6 +72,17 @@ for cm in kinds.get("ConfigMap", []):
             if tgps <= grace:
                 print(f'{dep["metadata"]["name"]}: terminationGracePeriodSeconds {tgps} <= shutdown_grace {grace}s')
                 failed = True
+            # SPEC §4.1: RSS stays under max_inflight_bytes + 64 MiB; the limit must allow it.
+            need = inflight(toml) + 64 * 2**20
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                if not c["image"].startswith("influx-write-proxy"):
+                    continue
+                limit = c.get("resources", {}).get("limits", {}).get("memory")
+                if limit is None or size(limit) < need:
+                    print(f'{dep["metadata"]["name"]}/{c["name"]}: memory limit {limit} < max_inflight_bytes + 64 MiB ({need // 2**20} MiB)')
+                    failed = True
+                else:
+                    print(f'{dep["metadata"]["name"]}/{c["name"]}: memory limit {limit} >= max_inflight_bytes + 64 MiB ({need // 2**20} MiB)')
 
 services = kinds.get("Service", [])
 for sm in kinds.get("ServiceMonitor", []):
