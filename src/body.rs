@@ -1,7 +1,10 @@
-//! Reading request bodies within bounds: `max_body_bytes` (413, from `Content-Length` before
-//! reading and while reading chunked bodies), `body_read_timeout` between frames (408), and
-//! the request's share of `max_inflight_bytes` (`inflight`): bytes beyond what it reserved
-//! are taken as they arrive (503 when there is no room).
+//! Request bodies: [`RequestBody`], which lingers (a body the proxy answered before reading
+//! is read and discarded, up to 1 MiB or 1 s, so an HTTP/1.1 client still sending gets the
+//! answer instead of a reset, as nginx does), and reading them within bounds:
+//! `max_body_bytes` (413, from `Content-Length` before reading and while reading chunked
+//! bodies), `body_read_timeout` between frames (408), and the request's share of
+//! `max_inflight_bytes` (`inflight`): bytes beyond what it reserved are taken as they arrive
+//! (503 when there is no room).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,6 +16,83 @@ use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::inflight::Reservation;
+
+/// Most of a body read and discarded after an early answer.
+const LINGER_BYTES: usize = 1024 * 1024;
+/// Longest wait for the rest of a body after an early answer.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// A request's body as hyper hands it over. Dropped before its end (the proxy answered
+/// early: 401, 403, 413, 429, 503, 404…), the rest is read and discarded in the background,
+/// up to [`LINGER_BYTES`] or [`LINGER_TIME`]; then the connection is free to close.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(mut rest) = self.inner.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(&rest) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut discarded = 0;
+            let deadline = tokio::time::sleep(LINGER_TIME);
+            tokio::pin!(deadline);
+            while discarded < LINGER_BYTES {
+                tokio::select! {
+                    frame = rest.frame() => match frame {
+                        Some(Ok(frame)) => {
+                            discarded += frame.data_ref().map_or(0, |d| d.len());
+                        }
+                        _ => return,
+                    },
+                    _ = &mut deadline => return,
+                }
+            }
+        });
+    }
+}
 
 /// A body held as the frames it was read in, so it can be scanned and forwarded without
 /// being copied into one buffer. It is also the body type sent upstream: its exact size
@@ -101,7 +181,7 @@ impl http_body::Body for Chunks {
 /// Reads a whole body, keeping the frames as hyper produced them and handing each to
 /// `inspect` as it arrives. Bytes beyond what `reservation` already holds are added to it.
 pub async fn read(
-    mut body: Incoming,
+    mut body: RequestBody,
     content_length: Option<u64>,
     limit: u64,
     stall: Duration,

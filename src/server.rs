@@ -409,12 +409,14 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone().map_request(
-            move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                request
-            },
-        );
+        let service =
+            service
+                .clone()
+                .map_request(move |request: http::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(crate::body::RequestBody::new);
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    request
+                });
         let Some(tls) = tls.clone() else {
             let conn = Conn::new(head_timeout, idle_timeout);
             let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));

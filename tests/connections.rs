@@ -284,3 +284,77 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     assert_eq!(upstream.received().len(), 20, "each write forwarded once");
     proxy.stop().await;
 }
+
+/// Sends `head` and `body_len` bytes of body in 16 KiB pieces, waits a moment, then reads
+/// the answer: what a client busy sending sees. Its status line, or the first error.
+async fn answer_after_sending(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body_len: usize,
+) -> Result<String, std::io::Error> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await?;
+    let chunk = vec![b'#'; 16 * 1024];
+    let mut sent = 0;
+    while sent < body_len {
+        let n = chunk.len().min(body_len - sent);
+        stream.write_all(&chunk[..n]).await?;
+        sent += n;
+        // A client on a slower link: the body is still coming well after the answer.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Long enough for a proxy that closes without reading to have closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no answer"))??;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn early_answers_reach_a_client_that_keeps_sending() {
+    const TOKEN: &str = "linger-token-0123456789";
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let proxy = Proxy::start(&format!(
+        "[auth]\nmode = \"proxy\"\n[[auth.tokens]]\nname = \"t\"\ntoken = \"{TOKEN}\"\ndatabases = [\"telegraf\"]\n\
+         [clusters.default]\nnodes = [\"{}\"]\n",
+        upstream.url()
+    ))
+    .await;
+    let head = |path: &str, auth: Option<&str>, length: usize| {
+        let auth = auth.map_or(String::new(), |t| format!("Authorization: Token {t}\r\n"));
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {length}\r\n\r\n")
+    };
+    let cases = [
+        (head("/write?db=telegraf", None, 600_000), "401"),
+        (head("/write?db=secret", Some(TOKEN), 600_000), "403"),
+        (head("/write?db=telegraf", Some(TOKEN), 30_000_000), "413"),
+        (head("/nowhere", None, 600_000), "404"),
+    ];
+    for (head, status) in cases {
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // A body within the 1 MiB the proxy reads after answering.
+        let send = length.min(700_000);
+        let line = answer_after_sending(proxy.addr, &head, send).await;
+        assert!(
+            line.as_ref()
+                .is_ok_and(|l| l.starts_with(&format!("HTTP/1.1 {status}"))),
+            "{head}: {line:?}"
+        );
+    }
+}

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 use super::request_id::RequestIdValue;
 use super::{full, show_databases, Resp, WriteDetails};
 use crate::auth::Principal;
-use crate::body;
+use crate::body::{self, RequestBody};
 use crate::config::{AuthMode, QueryConfig};
 use crate::error::{json_response, BoxError, ProxyError};
 use crate::influxql::{self, Class, Statement};
@@ -89,7 +89,7 @@ pub(super) async fn query(
     shared: &Arc<Shared>,
     generation: &Arc<Generation>,
     config: &QueryConfig,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     details: &mut WriteDetails,
 ) -> Result<Resp, ProxyError> {
     let deadline = Instant::now() + config.timeout;
@@ -235,7 +235,7 @@ async fn params(
     shared: &Shared,
     generation: &Generation,
     parts: &http::request::Parts,
-    incoming: Incoming,
+    incoming: RequestBody,
 ) -> Result<Params, ProxyError> {
     let url = Query::parse(parts.uri.query())?;
     let form = parts.method == Method::POST

@@ -15,13 +15,12 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tower::Service;
 
 use super::request_id::OWN_VERSION;
 use super::{full, Endpoint, Resp, Role, WriteDetails};
 use crate::auth::Principal;
-use crate::body::{self};
+use crate::body::{self, RequestBody};
 use crate::error::{json_response, Api, ProxyError};
 use crate::rewrite::Query;
 use crate::state::{Generation, Shared};
@@ -40,7 +39,7 @@ impl Router {
 
 // === impl Router ===
 
-impl Service<Request<Incoming>> for Router {
+impl Service<Request<RequestBody>> for Router {
     type Response = Resp;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
@@ -49,14 +48,14 @@ impl Service<Request<Incoming>> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         let shared = self.shared.clone();
         let role = self.role;
         Box::pin(async move { Ok(route(shared, role, request).await) })
     }
 }
 
-async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> Resp {
+async fn route(shared: Arc<Shared>, role: Role, request: Request<RequestBody>) -> Resp {
     // The auth layer pins the generation for guarded paths; the rest take the current one.
     let generation = request
         .extensions()
@@ -100,7 +99,7 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<Incoming>) -> R
 
 // === small endpoints ===
 
-fn ping(request: &Request<Incoming>) -> Resp {
+fn ping(request: &Request<RequestBody>) -> Resp {
     let verbose = Query::parse(request.uri().query())
         .ok()
         .and_then(|q| q.get("verbose").map(|v| v.into_owned()))
@@ -222,7 +221,7 @@ fn metrics(shared: &Shared, generation: &Generation) -> Resp {
 async fn query(
     shared: &Shared,
     generation: &Generation,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Resp, ProxyError> {
     let principal = request.extensions().get::<Arc<Principal>>().cloned();
     let mut q = Query::parse(request.uri().query())?

@@ -7,12 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use super::request_id::RequestIdValue;
 use super::{full, Resp, WriteDetails};
 use crate::auth::Principal;
-use crate::body::{self, Chunks};
+use crate::body::{self, Chunks, RequestBody};
 use crate::config::AuthMode;
 use crate::error::{Api, ProxyError};
 use crate::gzip;
@@ -28,7 +27,7 @@ pub(super) async fn write(
     shared: &Arc<Shared>,
     generation: &Arc<Generation>,
     api: Api,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     details: &mut WriteDetails,
 ) -> Result<Resp, ProxyError> {
     let received = SystemTime::now()
@@ -195,7 +194,7 @@ async fn read_body(
     generation: &Generation,
     target: &Target<'_>,
     content_length: Option<u64>,
-    incoming: Incoming,
+    incoming: RequestBody,
     reservation: &mut Reservation,
 ) -> Result<(Chunks, Option<u64>), ProxyError> {
     let server = &generation.config.server;
