@@ -1,4 +1,5 @@
-//! The read path (SPEC §10): `/query` with `[query] enabled`. The parameters are read as
+//! `/query`. Without `[query]`, only `CREATE DATABASE` is answered (SPEC §3). With it, the
+//! read path (SPEC §10): the parameters are read as
 //! InfluxDB reads them, the statements classified (`influxql`) and, in mode `proxy`,
 //! authorized one by one before anything is sent; then the query goes to one node of the
 //! cluster its databases route to, and the answer streams back as it comes, cut at
@@ -53,8 +54,10 @@ const ANSWER_HEADERS: [&str; 5] = [
     "x-influxdb-error",
 ];
 
-/// Longest form body read for its `q`.
+/// Longest form body read for its `q` on the read path.
 const MAX_FORM_BYTES: u64 = 1024 * 1024;
+/// The same without `[query]`, where only `CREATE DATABASE` is answered.
+const MAX_CREATE_FORM_BYTES: u64 = 64 * 1024;
 
 /// Largest `SHOW DATABASES` answer held to be filtered.
 const MAX_FILTERED_ANSWER: usize = 16 * 1024 * 1024;
@@ -84,8 +87,80 @@ impl Params {
     }
 }
 
-/// A read-path query, from the parameters to the streamed answer.
+/// `/query`: the read path with `[query]`, only `CREATE DATABASE` without it.
 pub(super) async fn query(
+    shared: &Arc<Shared>,
+    generation: &Arc<Generation>,
+    request: Request<RequestBody>,
+    details: &mut WriteDetails,
+) -> Result<Resp, ProxyError> {
+    match &generation.config.query {
+        Some(config) => read(shared, generation, config, request, details).await,
+        None => create_database_only(shared, generation, request).await,
+    }
+}
+
+/// Without `[query]`: Telegraf and others send `CREATE DATABASE` at start; the proxy says
+/// yes without touching the cluster (databases are an operator's business). Any other query
+/// is refused.
+async fn create_database_only(
+    shared: &Shared,
+    generation: &Generation,
+    request: Request<RequestBody>,
+) -> Result<Resp, ProxyError> {
+    let (parts, incoming) = request.into_parts();
+    let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+    let url_q = Query::parse(parts.uri.query())?
+        .get("q")
+        .map(|q| q.into_owned());
+    let text = form_text(shared, generation, &parts, incoming, MAX_CREATE_FORM_BYTES).await?;
+    // As Go's FormValue: a value in the body wins over the URL's.
+    let body_q = match text.as_deref() {
+        Some(text) => Query::parse(Some(text))?.get("q").map(|q| q.into_owned()),
+        None => None,
+    };
+    match body_q.or(url_q).as_deref().and_then(create_database_target) {
+        Some(db) if principal.as_ref().is_some_and(|p| !p.may_use_database(&db)) => {
+            Err(ProxyError::Forbidden {
+                principal: principal.map(|p| p.name.clone()).unwrap_or_default(),
+                db,
+            })
+        }
+        Some(_) => Ok(created(1)),
+        None => Err(ProxyError::QueryNotSupported),
+    }
+}
+
+/// SPEC §3's answer to `statements` `CREATE DATABASE` statements.
+fn created(statements: usize) -> Resp {
+    let results: Vec<_> = (0..statements)
+        .map(|i| serde_json::json!({ "statement_id": i }))
+        .collect();
+    full(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "results": results }),
+    ))
+}
+
+/// The database of `CREATE DATABASE <name>` (name bare or double-quoted, optional `;`).
+fn create_database_target(q: &str) -> Option<String> {
+    let q = q.trim().trim_end_matches(';').trim_end();
+    let mut words = q.splitn(3, char::is_whitespace).filter(|w| !w.is_empty());
+    let (create, database) = (words.next()?, words.next()?);
+    if !create.eq_ignore_ascii_case("create") || !database.eq_ignore_ascii_case("database") {
+        return None;
+    }
+    let name = q[q.find(database)? + database.len()..].trim();
+    if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        let unescaped = quoted.replace("\\\"", "\"");
+        return (!unescaped.is_empty()).then_some(unescaped);
+    }
+    let bare = name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.is_empty();
+    bare.then(|| name.to_string())
+}
+
+/// A read-path query, from the parameters to the streamed answer.
+async fn read(
     shared: &Arc<Shared>,
     generation: &Arc<Generation>,
     config: &QueryConfig,
@@ -127,13 +202,7 @@ pub(super) async fn query(
                 .all(|s| matches!(s.class, Class::CreateDatabase(_)))
         {
             // SPEC §3: Telegraf's start-up statement is answered here.
-            let results: Vec<_> = (0..statements.len())
-                .map(|i| serde_json::json!({ "statement_id": i }))
-                .collect();
-            return Ok(full(json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "results": results }),
-            )));
+            return Ok(created(statements.len()));
         }
     }
     let cluster_name = route(generation, statements.as_deref(), db)?;
@@ -238,24 +307,8 @@ async fn params(
     incoming: RequestBody,
 ) -> Result<Params, ProxyError> {
     let url = Query::parse(parts.uri.query())?;
-    let form = parts.method == Method::POST
-        && parts.headers.get(CONTENT_TYPE).is_some_and(|v| {
-            v.as_bytes()
-                .starts_with(b"application/x-www-form-urlencoded")
-        });
-    let text = if form {
-        let mut reservation = shared.inflight.reserve();
-        let body = body::read(
-            incoming,
-            None,
-            MAX_FORM_BYTES,
-            generation.config.server.body_read_timeout,
-            &mut reservation,
-            |_| {},
-        )
-        .await?
-        .join();
-        Some(String::from_utf8(body.to_vec()).map_err(|_| ProxyError::InvalidParameter("q"))?)
+    let text = if parts.method == Method::POST {
+        form_text(shared, generation, parts, incoming, MAX_FORM_BYTES).await?
     } else {
         None
     };
@@ -274,6 +327,37 @@ async fn params(
         values,
         user: url.user(),
     })
+}
+
+/// A form body (`application/x-www-form-urlencoded`) as text, read within `limit`; `None`
+/// for any other body, which is not read.
+async fn form_text(
+    shared: &Shared,
+    generation: &Generation,
+    parts: &http::request::Parts,
+    incoming: RequestBody,
+    limit: u64,
+) -> Result<Option<String>, ProxyError> {
+    let form = parts.headers.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    if !form {
+        return Ok(None);
+    }
+    let mut reservation = shared.inflight.reserve();
+    let body = body::read(
+        incoming,
+        None,
+        limit,
+        generation.config.server.body_read_timeout,
+        &mut reservation,
+        |_| {},
+    )
+    .await?
+    .join();
+    let text = String::from_utf8(body.to_vec()).map_err(|_| ProxyError::InvalidParameter("q"))?;
+    Ok(Some(text))
 }
 
 /// Mode `proxy`: every statement must be allowed, or nothing runs.
@@ -395,5 +479,29 @@ impl http_body::Body for Deadlined {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_create_database_statements() {
+        assert_eq!(
+            create_database_target("CREATE DATABASE telegraf").as_deref(),
+            Some("telegraf")
+        );
+        assert_eq!(
+            create_database_target(" create database \"my db\";").as_deref(),
+            Some("my db")
+        );
+        assert_eq!(create_database_target("CREATE DATABASE"), None);
+        assert_eq!(create_database_target("DROP DATABASE x"), None);
+        assert_eq!(
+            create_database_target("CREATE DATABASE x; DROP DATABASE y"),
+            None
+        );
+        assert_eq!(create_database_target("SELECT * FROM cpu"), None);
     }
 }

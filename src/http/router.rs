@@ -2,7 +2,7 @@
 //! `ENDPOINTS` table decides which listener serves what), and turns an endpoint's
 //! `ProxyError` into the response through `error.rs`. Paths match exactly (`//write` or
 //! `/write/` are 404), so nothing odd is ever forwarded as a write. The small endpoints live
-//! here; the write path is `write.rs`.
+//! here; the write path is `write.rs`, `/query` is `query.rs`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +19,7 @@ use tower::Service;
 
 use super::request_id::OWN_VERSION;
 use super::{full, Endpoint, Resp, Role, WriteDetails};
-use crate::auth::Principal;
-use crate::body::{self, RequestBody};
+use crate::body::RequestBody;
 use crate::error::{json_response, Api, ProxyError};
 use crate::rewrite::Query;
 use crate::state::{Generation, Shared};
@@ -74,12 +73,9 @@ async fn route(shared: Arc<Shared>, role: Role, request: Request<RequestBody>) -
         ("/write" | "/api/v2/write", &Method::POST) => {
             super::write::write(&shared, &generation, api, request, &mut details).await
         }
-        ("/query", &Method::GET | &Method::POST) => match &generation.config.query {
-            Some(config) => {
-                super::query::query(&shared, &generation, config, request, &mut details).await
-            }
-            None => query(&shared, &generation, request).await,
-        },
+        ("/query", &Method::GET | &Method::POST) => {
+            super::query::query(&shared, &generation, request, &mut details).await
+        }
         ("/ping", _) if get => Ok(ping(&request)),
         ("/health", _) if get => Ok(health(&generation)),
         ("/live", _) if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "live"}))),
@@ -215,97 +211,6 @@ fn metrics(shared: &Shared, generation: &Generation) -> Resp {
     full(response)
 }
 
-/// Without `[query]`: Telegraf and others send `CREATE DATABASE` at start; the proxy says
-/// yes without touching the cluster (databases are an operator's business). Any other query
-/// is refused.
-async fn query(
-    shared: &Shared,
-    generation: &Generation,
-    request: Request<RequestBody>,
-) -> Result<Resp, ProxyError> {
-    let principal = request.extensions().get::<Arc<Principal>>().cloned();
-    let mut q = Query::parse(request.uri().query())?
-        .get("q")
-        .map(|q| q.into_owned());
-    let form = request.headers().get(CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .starts_with(b"application/x-www-form-urlencoded")
-    });
-    if form {
-        let mut reservation = shared.inflight.reserve();
-        let server = &generation.config.server;
-        let body = body::read(
-            request.into_body(),
-            None,
-            64 * 1024,
-            server.body_read_timeout,
-            &mut reservation,
-            |_| {},
-        )
-        .await?;
-        let body = body.join();
-        let text = std::str::from_utf8(&body).map_err(|_| ProxyError::InvalidParameter("q"))?;
-        // As Go's FormValue: a value in the body wins over the URL's.
-        if let Some(body_q) = Query::parse(Some(text))?.get("q") {
-            q = Some(body_q.into_owned());
-        }
-    }
-    match q.as_deref().and_then(create_database_target) {
-        Some(db) if principal.as_ref().is_some_and(|p| !p.may_use_database(&db)) => {
-            Err(ProxyError::Forbidden {
-                principal: principal.map(|p| p.name.clone()).unwrap_or_default(),
-                db,
-            })
-        }
-        Some(_) => Ok(json(
-            StatusCode::OK,
-            serde_json::json!({"results": [{"statement_id": 0}]}),
-        )),
-        None => Err(ProxyError::QueryNotSupported),
-    }
-}
-
-/// The database of `CREATE DATABASE <name>` (name bare or double-quoted, optional `;`).
-fn create_database_target(q: &str) -> Option<String> {
-    let q = q.trim().trim_end_matches(';').trim_end();
-    let mut words = q.splitn(3, char::is_whitespace).filter(|w| !w.is_empty());
-    let (create, database) = (words.next()?, words.next()?);
-    if !create.eq_ignore_ascii_case("create") || !database.eq_ignore_ascii_case("database") {
-        return None;
-    }
-    let name = q[q.find(database)? + database.len()..].trim();
-    if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
-        let unescaped = quoted.replace("\\\"", "\"");
-        return (!unescaped.is_empty()).then_some(unescaped);
-    }
-    let bare = name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.is_empty();
-    bare.then(|| name.to_string())
-}
-
 fn json(status: StatusCode, value: serde_json::Value) -> Resp {
     full(json_response(status, &value))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_create_database_statements() {
-        assert_eq!(
-            create_database_target("CREATE DATABASE telegraf").as_deref(),
-            Some("telegraf")
-        );
-        assert_eq!(
-            create_database_target(" create database \"my db\";").as_deref(),
-            Some("my db")
-        );
-        assert_eq!(create_database_target("CREATE DATABASE"), None);
-        assert_eq!(create_database_target("DROP DATABASE x"), None);
-        assert_eq!(
-            create_database_target("CREATE DATABASE x; DROP DATABASE y"),
-            None
-        );
-        assert_eq!(create_database_target("SELECT * FROM cpu"), None);
-    }
 }
