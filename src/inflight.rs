@@ -5,7 +5,6 @@
 //! without waiting (`grow`); 503 when there is no room. The budget is a FIFO semaphore of
 //! bytes, so waiters are served first come, first served.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,24 +15,26 @@ use crate::error::ProxyError;
 /// The budget, shared by every request.
 #[derive(Debug)]
 pub struct Inflight {
-    /// Bytes held, for the `inflight_bytes` gauge.
-    used: AtomicU64,
     limit: u64,
+    /// One permit per byte of the limit; those taken are the bytes held.
     permits: Semaphore,
 }
 
 impl Inflight {
     pub fn new(limit: u64) -> Arc<Self> {
-        let total = limit.min(Semaphore::MAX_PERMITS as u64) as usize;
         Arc::new(Self {
-            used: AtomicU64::new(0),
             limit,
-            permits: Semaphore::new(total),
+            permits: Semaphore::new(Self::permits(limit)),
         })
     }
 
+    fn permits(limit: u64) -> usize {
+        limit.min(Semaphore::MAX_PERMITS as u64) as usize
+    }
+
+    /// Bytes held, for the `inflight_bytes` gauge.
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        (Self::permits(self.limit) - self.permits.available_permits()) as u64
     }
 
     pub fn limit(&self) -> u64 {
@@ -73,7 +74,7 @@ impl Reservation {
                 .map_err(|_| ProxyError::Overloaded)?;
             permit.forget();
         }
-        self.took(n);
+        self.bytes += n;
         Ok(())
     }
 
@@ -89,7 +90,7 @@ impl Reservation {
                 .map_err(|_| ProxyError::Overloaded)?;
             permit.forget();
         }
-        self.took(n);
+        self.bytes += n;
         Ok(())
     }
 
@@ -107,7 +108,6 @@ impl Reservation {
             return;
         }
         let release = self.bytes - bytes;
-        self.inflight.used.fetch_sub(release, Ordering::AcqRel);
         self.inflight.permits.add_permits(release as usize);
         self.bytes = bytes;
     }
@@ -118,11 +118,6 @@ impl Reservation {
             return Err(ProxyError::Overloaded);
         }
         u32::try_from(n).map_err(|_| ProxyError::Overloaded)
-    }
-
-    fn took(&mut self, n: u64) {
-        self.bytes += n;
-        self.inflight.used.fetch_add(n, Ordering::AcqRel);
     }
 }
 
