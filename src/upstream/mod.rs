@@ -268,11 +268,30 @@ impl Cluster {
     ) {
         let code = match outcome {
             Ok(_) => "2xx".to_string(),
-            Err(ProxyError::Upstream { status, .. }) => status.as_u16().to_string(),
-            Err(ProxyError::UpstreamTimeout { .. }) => "timeout".to_string(),
-            Err(_) => "error".to_string(),
+            Err(error) => error_code(error),
         };
         self.record(node, &code, took);
+    }
+
+    /// One try bounded by the cluster's per-try `timeout`.
+    async fn per_try<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, ProxyError>>,
+    ) -> Result<T, ProxyError> {
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProxyError::UpstreamTimeout {
+                    cluster: self.name.clone(),
+                })
+            })
+    }
+
+    /// A try on `node` failed for a retriable reason: counted towards ejecting it.
+    fn try_failed(&self, node: &Node) {
+        if node.request_failed() == Some(Transition::BecameUnhealthy) {
+            tracing::warn!(cluster = %self.name, node = %node.name, "node unhealthy: 5 retriable failures in a row");
+        }
     }
 
     /// Counts and times one try: `code` is the status, `timeout` or `error`.
@@ -312,13 +331,7 @@ impl Cluster {
                 let _inflight = node.start();
                 let request = self.request(node, &uri_tail, &forward)?;
                 let started = std::time::Instant::now();
-                let outcome = match tokio::time::timeout(self.timeout, self.exchange(request)).await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(ProxyError::UpstreamTimeout {
-                        cluster: self.name.clone(),
-                    }),
-                };
+                let outcome = self.per_try(self.exchange(request)).await;
                 self.observe(node, &outcome, started.elapsed());
                 outcome
             };
@@ -334,9 +347,7 @@ impl Cluster {
                 Decision::Retry(reason) => reason,
             };
             all_timed_out &= reason == Reason::Timeout;
-            if node.request_failed() == Some(Transition::BecameUnhealthy) {
-                tracing::warn!(cluster = %self.name, node = %node.name, "node unhealthy: 5 retriable failures in a row");
-            }
+            self.try_failed(node);
             let retries = tried.len() as u32 - 1;
             let error = outcome.expect_err("retriable outcomes are errors");
             if retries >= self.max_retries || !self.budget.withdraw() {
@@ -454,6 +465,15 @@ impl Cluster {
             .with_label_values(&[self.name.as_str()])
             .inc();
         tracing::warn!(cluster = %self.name, status = error.status().as_u16(), error = %error, "mirror delivery failed");
+    }
+}
+
+/// The `code` label of a try that failed: the upstream's status, `timeout` or `error`.
+fn error_code(error: &ProxyError) -> String {
+    match error {
+        ProxyError::Upstream { status, .. } => status.as_u16().to_string(),
+        ProxyError::UpstreamTimeout { .. } => "timeout".to_string(),
+        _ => "error".to_string(),
     }
 }
 

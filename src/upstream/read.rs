@@ -53,20 +53,15 @@ impl Cluster {
             let started = std::time::Instant::now();
             let outcome = {
                 let _inflight = node.start();
-                match tokio::time::timeout(self.timeout, self.query_client.request(request)).await {
-                    Ok(Ok(response)) => Ok(response),
-                    Ok(Err(e)) => Err(self.send_error(e.into())),
-                    Err(_) => Err(ProxyError::UpstreamTimeout {
-                        cluster: self.name.clone(),
-                    }),
-                }
+                let attempt = self.query_client.request(request);
+                self.per_try(async { attempt.await.map_err(|e| self.send_error(e.into())) })
+                    .await
             };
             let code = match &outcome {
                 // As for writes: successes are `2xx`, other answers their status.
                 Ok(response) if response.status().is_success() => "2xx".to_string(),
                 Ok(response) => response.status().as_u16().to_string(),
-                Err(ProxyError::UpstreamTimeout { .. }) => "timeout".to_string(),
-                Err(_) => "error".to_string(),
+                Err(error) => super::error_code(error),
             };
             self.record(node, &code, started.elapsed());
             let error = match outcome {
@@ -81,9 +76,7 @@ impl Cluster {
                 Err(error @ ProxyError::UpstreamBadResponse { .. }) => return Err(error),
                 Err(error) => error,
             };
-            if node.request_failed() == Some(node::Transition::BecameUnhealthy) {
-                tracing::warn!(cluster = %self.name, node = %node.name, "node unhealthy: 5 retriable failures in a row");
-            }
+            self.try_failed(node);
             let retries = tried.len() as u32 - 1;
             if retries + 1 >= max_tries || !self.budget.withdraw() {
                 return Err(match error {
