@@ -7,18 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{client, free_port, gzip, ProxyProcess, Reply, Upstream};
+use support::{client, free_port, gzip, rss, ProxyProcess, Reply, Upstream};
 
 const MIB: u64 = 1024 * 1024;
-
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
 
 /// The RSS of `pid` sampled every 5 ms while `work` runs, and its peak.
 async fn peak_while<F: std::future::Future>(pid: u32, work: F) -> (F::Output, u64) {
