@@ -178,19 +178,24 @@ impl http_body::Body for Chunks {
     }
 }
 
+/// 413 for a body whose `Content-Length` is over `limit`, before a byte of it is read (or
+/// room reserved for it).
+pub fn declared_within(content_length: Option<u64>, limit: u64) -> Result<(), ProxyError> {
+    match content_length {
+        Some(n) if n > limit => Err(ProxyError::BodyTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a whole body, keeping the frames as hyper produced them and handing each to
 /// `inspect` as it arrives. Bytes beyond what `reservation` already holds are added to it.
 pub async fn read(
     mut body: RequestBody,
-    content_length: Option<u64>,
     limit: u64,
     stall: Duration,
     reservation: &mut Reservation,
     mut inspect: impl FnMut(&[u8]),
 ) -> Result<Chunks, ProxyError> {
-    if content_length.is_some_and(|n| n > limit) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
     let mut chunks = Chunks::default();
     loop {
         let frame = match tokio::time::timeout(stall, body.frame()).await {

@@ -348,7 +348,6 @@ async fn form_text(
     let mut reservation = shared.inflight.reserve();
     let body = body::read(
         incoming,
-        None,
         limit,
         generation.config.server.body_read_timeout,
         &mut reservation,

@@ -42,14 +42,7 @@ pub(super) async fn write(
         .and_then(|v| v.parse().ok());
     // The body's bytes count against max_inflight_bytes until the write is answered.
     let mut reservation = reserve(shared, generation, &target, content_length).await?;
-    let (wire, quick) = read_body(
-        generation,
-        &target,
-        content_length,
-        incoming,
-        &mut reservation,
-    )
-    .await?;
+    let (wire, quick) = read_body(generation, &target, incoming, &mut reservation).await?;
     let timestamp = target.params.precision.timestamp(received.as_nanos());
     let (body, gzip, points) = stamped(
         shared,
@@ -166,11 +159,7 @@ async fn reserve(
     content_length: Option<u64>,
 ) -> Result<Reservation, ProxyError> {
     let server = &generation.config.server;
-    if content_length.is_some_and(|n| n > server.max_body_bytes) {
-        return Err(ProxyError::BodyTooLarge {
-            limit: server.max_body_bytes,
-        });
-    }
+    body::declared_within(content_length, server.max_body_bytes)?;
     let upfront = match content_length {
         None => 0,
         Some(n) if target.gzip => {
@@ -193,7 +182,6 @@ async fn reserve(
 async fn read_body(
     generation: &Generation,
     target: &Target<'_>,
-    content_length: Option<u64>,
     incoming: RequestBody,
     reservation: &mut Reservation,
 ) -> Result<(Chunks, Option<u64>), ProxyError> {
@@ -201,7 +189,6 @@ async fn read_body(
     let mut check = (!target.gzip).then(TimestampCheck::default);
     let wire = body::read(
         incoming,
-        content_length,
         server.max_body_bytes,
         server.body_read_timeout,
         reservation,
