@@ -342,13 +342,13 @@ struct Walk<'a> {
     found: Found,
 }
 
-/// How a block ended.
+/// Where a walk over part of a statement stopped.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     /// `;` or the end of the query: the statement is over.
     Statement,
-    /// The `)` that closes a subquery.
-    Paren,
+    /// The statement goes on: a subquery's `)` closed it, or a source list ended.
+    Continues,
 }
 
 impl Walk<'_> {
@@ -375,7 +375,7 @@ impl Walk<'_> {
                 Token::Ws | Token::Comment => continue,
                 Token::Eof | Token::Semicolon => return Ok(End::Statement),
                 Token::LParen => parens.push(Paren::Group),
-                Token::RParen if parens.pop().is_none() && sub => return Ok(End::Paren),
+                Token::RParen if parens.pop().is_none() && sub => return Ok(End::Continues),
                 Token::Comma => {
                     regex_next = match parens.last() {
                         Some(Paren::Call) => true,
@@ -509,7 +509,7 @@ impl Walk<'_> {
             let back = self.s.clone();
             if self.s.significant()? != Token::Comma {
                 self.s = back;
-                return Ok(End::Paren);
+                return Ok(End::Continues);
             }
         }
     }
@@ -524,7 +524,7 @@ impl Walk<'_> {
         }
         if self.regex()? {
             self.found.sources.push(default());
-            return Ok(End::Paren);
+            return Ok(End::Continues);
         }
         let back = self.s.clone();
         if self.s.significant()? == Token::LParen {
@@ -534,12 +534,9 @@ impl Walk<'_> {
             if !select {
                 // Not a subquery: influxd refuses it; walk on as plain tokens.
                 self.s = inner;
-                return Ok(End::Paren);
+                return Ok(End::Continues);
             }
-            return self.block(true).map(|end| match end {
-                End::Paren => End::Paren,
-                End::Statement => End::Statement,
-            });
+            return self.block(true);
         }
         self.s = back;
         let names = self.segments()?;
@@ -548,7 +545,7 @@ impl Walk<'_> {
                 db: names[0].clone(),
                 rp: Some(names[1].clone()).filter(|rp| !rp.is_empty()),
             });
-            return Ok(End::Paren);
+            return Ok(End::Continues);
         }
         if self.bound_next() {
             return Err(Why::BoundName);
@@ -570,7 +567,7 @@ impl Walk<'_> {
             _ => default(),
         };
         self.found.sources.push(source);
-        Ok(End::Paren)
+        Ok(End::Continues)
     }
 
     /// After whitespace, a `$`: a bound parameter where a name or regex source goes.
