@@ -26,6 +26,14 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// The cluster a route names; validation guarantees routes name existing clusters.
+    pub fn cluster(&self, name: &str) -> Arc<upstream::Cluster> {
+        self.upstreams
+            .get(name)
+            .cloned()
+            .expect("validated routes name existing clusters")
+    }
+
     /// Clusters whose settings did not change are taken over from `previous` with their
     /// health state and connection pools.
     pub fn new(config: Config, metrics: &Arc<Metrics>, previous: Option<&Upstreams>) -> Self {

@@ -207,11 +207,7 @@ async fn read(
     }
     let cluster_name = route(generation, statements.as_deref(), db)?;
     details.cluster = cluster_name.clone();
-    let cluster = generation
-        .upstreams
-        .get(&cluster_name)
-        .cloned()
-        .expect("validated routes name existing clusters");
+    let cluster = generation.cluster(&cluster_name);
     // Which statements' answers list databases this principal may not all see.
     let filter: Vec<usize> = match (&principal, &statements) {
         (Some(p), Some(statements)) if !p.reads_everything() => statements

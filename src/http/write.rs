@@ -69,7 +69,7 @@ pub(super) async fn write(
     };
     let timeout = generation.config.server.request_timeout;
     mirror(shared, generation, target.mirrors, &forward);
-    let primary = cluster(generation, target.primary);
+    let primary = generation.cluster(target.primary);
     let accepted = deliver(shared, timeout, &primary, forward).await?;
     Ok(acknowledge(shared, &primary, accepted, details))
 }
@@ -262,20 +262,12 @@ async fn stamped(
     })
 }
 
-fn cluster(generation: &Generation, name: &str) -> Arc<upstream::Cluster> {
-    generation
-        .upstreams
-        .get(name)
-        .cloned()
-        .expect("validated routes name existing clusters")
-}
-
 /// Mirrors get their copy in the background: their answers never reach the client and never
 /// delay it. A mirror's failed copy is spooled (when the spool is on) whatever the client
 /// asked for: the client was answered by the primary.
 fn mirror(shared: &Arc<Shared>, generation: &Generation, mirrors: &[String], forward: &Forward) {
     let timeout = generation.config.server.request_timeout;
-    for mirror in mirrors.iter().map(|name| cluster(generation, name)) {
+    for mirror in mirrors.iter().map(|name| generation.cluster(name)) {
         let forward = forward.clone();
         let shared = shared.clone();
         shared.clone().background.spawn(async move {
