@@ -88,6 +88,25 @@ async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
+/// `GET /query` with `params` in the URL, or `POST` with them as a form, to `url`.
+fn ask(url: String, post: bool, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    if post {
+        client().post(url).form(params)
+    } else {
+        client().get(url).query(params)
+    }
+}
+
+/// `ask`, as the principal of `token`.
+fn ask_as(
+    url: String,
+    token: &str,
+    post: bool,
+    params: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
+    ask(url, post, params).header("authorization", format!("Token {token}"))
+}
+
 /// The same `GET /query` (or form `POST`) to influxd as the admin and through the proxy
 /// with `token`.
 async fn both(
@@ -98,28 +117,16 @@ async fn both(
     headers: &[(&str, &str)],
 ) -> (Answer, Answer) {
     let influxd = Influxd::shared();
-    let send = |url: String, auth: Result<&str, ()>| {
-        let mut request = if post {
-            client().post(url).form(params)
-        } else {
-            client().get(url).query(params)
-        };
+    let send = |mut request: reqwest::RequestBuilder| {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        match auth {
-            Ok(token) => request.header("authorization", format!("Token {token}")),
-            Err(()) => request.basic_auth(ADMIN, Some(ADMIN_PASSWORD)),
-        }
-        .send()
+        async { answer(request.send().await.unwrap()).await }
     };
-    let direct = answer(
-        send(format!("{}/query", influxd.url), Err(()))
-            .await
-            .unwrap(),
-    )
-    .await;
-    let proxied = answer(send(proxy.url("/query"), Ok(token)).await.unwrap()).await;
+    let direct =
+        ask(format!("{}/query", influxd.url), post, params).basic_auth(ADMIN, Some(ADMIN_PASSWORD));
+    let direct = send(direct).await;
+    let proxied = send(ask_as(proxy.url("/query"), token, post, params)).await;
     (direct, proxied)
 }
 
@@ -297,11 +304,13 @@ async fn reads_need_a_read_grant_on_every_database_they_touch() {
     let other = seeded("secret_grants").await;
     let proxy = proxy(&db, "").await;
     let get = |q: String| {
-        client()
-            .get(proxy.url("/query"))
-            .header("authorization", format!("Token {READER}"))
-            .query(&[("q", q.as_str()), ("db", db.as_str())])
-            .send()
+        ask_as(
+            proxy.url("/query"),
+            READER,
+            false,
+            &[("q", &q), ("db", &db)],
+        )
+        .send()
     };
     let refused = [
         format!("SELECT * FROM {other}..cpu"),
@@ -329,10 +338,8 @@ async fn reads_need_a_read_grant_on_every_database_they_touch() {
         assert_eq!(get(q.clone()).await.unwrap().status(), 200, "{q}");
     }
     // Without a read grant, even on its own default database.
-    let unknown = client()
-        .get(proxy.url("/query"))
-        .header("authorization", format!("Token {READER}"))
-        .query(&[("q", "SELECT * FROM cpu"), ("db", other.as_str())])
+    let params = [("q", "SELECT * FROM cpu"), ("db", other.as_str())];
+    let unknown = ask_as(proxy.url("/query"), READER, false, &params)
         .send()
         .await
         .unwrap();
@@ -352,11 +359,7 @@ async fn statements_that_change_anything_need_admin_and_quoting_tricks_run_nothi
     let victim = Influxd::shared().database("read_admin_victim");
     let proxy = proxy(&db, "").await;
     let run = |token: &'static str, q: String| {
-        client()
-            .post(proxy.url("/query"))
-            .header("authorization", format!("Token {token}"))
-            .form(&[("q", q.as_str()), ("db", db.as_str())])
-            .send()
+        ask_as(proxy.url("/query"), token, true, &[("q", &q), ("db", &db)]).send()
     };
     // Reads whose text holds a DROP: classified as reads, and nothing is dropped.
     for q in [
@@ -411,11 +414,8 @@ async fn show_databases_lists_only_what_the_principal_may_read() {
     let hidden = Influxd::shared().database("hidden_listed");
     let proxy = proxy(&db, "").await;
     let show = |token: &'static str, accept: &'static str, q: &'static str| {
-        client()
-            .get(proxy.url("/query"))
-            .header("authorization", format!("Token {token}"))
+        ask_as(proxy.url("/query"), token, false, &[("q", q)])
             .header("accept", accept)
-            .query(&[("q", q)])
             .send()
     };
     let json: serde_json::Value = show(READER, "application/json", "SHOW DATABASES")
@@ -789,10 +789,8 @@ async fn modes_none_and_passthrough_forward_every_query() {
 #[tokio::test]
 async fn create_database_keeps_its_answer_without_touching_the_cluster() {
     let proxy = proxy("read_*", "").await;
-    let response = client()
-        .post(proxy.url("/query"))
-        .header("authorization", format!("Token {ROOT}"))
-        .form(&[("q", "CREATE DATABASE read_never_created")])
+    let params = [("q", "CREATE DATABASE read_never_created")];
+    let response = ask_as(proxy.url("/query"), ROOT, true, &params)
         .send()
         .await
         .unwrap();
@@ -827,11 +825,7 @@ async fn query_text_never_reaches_the_log_at_info() {
         ),
     );
     let send = |token: &str, q: String| {
-        client()
-            .post(proxy.url("/query"))
-            .header("authorization", format!("Token {token}"))
-            .form(&[("q", q.as_str()), ("db", db.as_str())])
-            .send()
+        ask_as(proxy.url("/query"), token, true, &[("q", &q), ("db", &db)]).send()
     };
     let cases = [
         (
