@@ -344,9 +344,7 @@ async fn reads_need_a_read_grant_on_every_database_they_touch() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 403);
-    let anonymous = client()
-        .get(proxy.url("/query"))
-        .query(&[("q", "SHOW DATABASES")])
+    let anonymous = ask(proxy.url("/query"), false, &[("q", "SHOW DATABASES")])
         .send()
         .await
         .unwrap();
@@ -499,10 +497,12 @@ async fn queries_go_to_the_cluster_of_their_databases() {
     ))
     .await;
     let get = |q: &str, db: &str| {
-        client()
-            .get(proxy.url("/query"))
-            .query(&[("q", q), ("db", db), ("epoch", "ns")])
-            .send()
+        ask(
+            proxy.url("/query"),
+            false,
+            &[("q", q), ("db", db), ("epoch", "ns")],
+        )
+        .send()
     };
     let answer: serde_json::Value = get("SELECT * FROM cpu", "eu_metrics")
         .await
@@ -563,12 +563,14 @@ async fn a_read_tries_another_node_but_a_change_gets_one_try() {
     ))
     .await;
     for _ in 0..6 {
-        let response = client()
-            .get(proxy.url("/query"))
-            .query(&[("q", "SELECT count(usage) FROM cpu"), ("db", db.as_str())])
-            .send()
-            .await
-            .unwrap();
+        let response = ask(
+            proxy.url("/query"),
+            false,
+            &[("q", "SELECT count(usage) FROM cpu"), ("db", db.as_str())],
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(response.status(), 200, "a dead node is skipped");
     }
     // Only the dead node: a read is tried 3 times (max_retries = 2), a change once.
@@ -585,9 +587,7 @@ async fn a_read_tries_another_node_but_a_change_gets_one_try() {
             &[("node", node), ("code", "error")],
         )
     };
-    let read = client()
-        .get(proxy.url("/query"))
-        .query(&[("q", "SHOW DATABASES")])
+    let read = ask(proxy.url("/query"), false, &[("q", "SHOW DATABASES")])
         .send()
         .await
         .unwrap();
@@ -597,9 +597,7 @@ async fn a_read_tries_another_node_but_a_change_gets_one_try() {
     );
     let after_read = tries(&scrape(&proxy.admin_url("/metrics")).await);
     assert_eq!(after_read, 3.0);
-    let change = client()
-        .post(proxy.url("/query"))
-        .form(&[("q", "DROP DATABASE x")])
+    let change = ask(proxy.url("/query"), true, &[("q", "DROP DATABASE x")])
         .send()
         .await
         .unwrap();
@@ -684,12 +682,14 @@ async fn a_large_answer_streams_through_in_flat_memory() {
     );
     let pid = proxy.pid();
     let idle = rss(pid);
-    let mut response = client()
-        .get(proxy.url("/query"))
-        .query(&[("q", "SELECT * FROM big"), ("db", "big")])
-        .send()
-        .await
-        .unwrap();
+    let mut response = ask(
+        proxy.url("/query"),
+        false,
+        &[("q", "SELECT * FROM big"), ("db", "big")],
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
     let (mut received, mut peak) = (0usize, 0u64);
     while let Some(chunk) = response.chunk().await.unwrap() {
@@ -714,9 +714,7 @@ async fn the_query_timeout_answers_504_before_the_first_byte_and_cuts_a_stream_a
     )
     .await;
     let started = std::time::Instant::now();
-    let response = client()
-        .get(proxy.url("/query"))
-        .query(&[("q", "SHOW DATABASES")])
+    let response = ask(proxy.url("/query"), false, &[("q", "SHOW DATABASES")])
         .send()
         .await
         .unwrap();
@@ -725,9 +723,7 @@ async fn the_query_timeout_answers_504_before_the_first_byte_and_cuts_a_stream_a
 
     let node = streaming_node(100, 1000, Duration::from_millis(100)).await;
     let proxy = Proxy::with_nodes(&[node], "[query]\nenabled = true\ntimeout = \"1s\"\n").await;
-    let mut response = client()
-        .get(proxy.url("/query"))
-        .query(&[("q", "SHOW DATABASES")])
+    let mut response = ask(proxy.url("/query"), false, &[("q", "SHOW DATABASES")])
         .send()
         .await
         .unwrap();
