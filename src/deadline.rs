@@ -12,10 +12,17 @@
 //! count as activity (a client can always send PINGs), only open streams do: with none open
 //! for `keepalive_timeout` the connection is closed.
 //!
+//! A response must also be sent: once its head is handed over, its body has `answer_timeout`
+//! (the larger of `request_timeout` and `[query] timeout`) to reach the client. A client that
+//! stops reading — an HTTP/2 stream whose flow-control window stays closed, an HTTP/1.1 client
+//! that never reads its answer — holds what the response holds (hyper's send buffers, an
+//! upstream query connection) only until then; hyper offers no handle on one stream, so the
+//! connection is closed, which resets its streams.
+//!
 //! Three parts share one [`Conn`] state: the [`Watched`] IO wrapper notes when bytes of a new
-//! request arrive; the [`Tracked`] service notes when a request is being served and when it
-//! has been answered; and [`Conn::expired`], raced against the connection by the accept loop,
-//! resolves when a deadline passes.
+//! request arrive; the [`Tracked`] service notes when a request is being served, when its
+//! response body starts and when that has been sent; and [`Conn::expired`], raced against the
+//! connection by the accept loop, resolves when a deadline passes.
 
 use std::future::Future;
 use std::io;
@@ -57,6 +64,19 @@ pub enum Expired {
     Idle,
     /// A request head (or the first request) did not complete within `header_read_timeout`.
     Head,
+    /// A response body was not sent within `answer_timeout` of its head.
+    Stalled,
+}
+
+/// A connection's deadlines, from the configuration it was accepted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `header_read_timeout`.
+    pub head: Duration,
+    /// `keepalive_timeout`.
+    pub idle: Duration,
+    /// From a response's head to the end of its body.
+    pub answer: Duration,
 }
 
 #[derive(Debug)]
@@ -64,8 +84,11 @@ struct State {
     phase: Phase,
     protocol: Protocol,
     deadline: Instant,
-    /// Requests being served.
+    /// Requests being served (their handlers have not returned a response yet).
     serving: usize,
+    /// Response bodies being sent, each with its id and deadline.
+    answering: Vec<(u64, Instant)>,
+    next_answer: u64,
     /// A request has been answered on this connection (so waiting is keep-alive idling).
     answered: bool,
     /// Bytes of the HTTP/2 preface seen so far, while the protocol is unknown.
@@ -80,26 +103,26 @@ pub struct Conn {
     /// under way or the connection is HTTP/2): body reads skip the lock.
     quiet: AtomicBool,
     changed: Notify,
-    head_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl Conn {
-    /// A new connection: its first request must arrive within `head_timeout`.
-    pub fn new(head_timeout: Duration, idle_timeout: Duration) -> Arc<Conn> {
+    /// A new connection: its first request must arrive within `timeouts.head`.
+    pub fn new(timeouts: Timeouts) -> Arc<Conn> {
         Arc::new(Conn {
             state: Mutex::new(State {
                 phase: Phase::Waiting,
                 protocol: Protocol::Unknown,
-                deadline: Instant::now() + head_timeout,
+                deadline: Instant::now() + timeouts.head,
                 serving: 0,
+                answering: Vec::new(),
+                next_answer: 0,
                 answered: false,
                 preface: 0,
             }),
             quiet: AtomicBool::new(false),
             changed: Notify::new(),
-            head_timeout,
-            idle_timeout,
+            timeouts,
         })
     }
 
@@ -149,7 +172,7 @@ impl Conn {
             state.phase == Phase::Waiting && (state.protocol != Protocol::Http2 || !state.answered);
         if starts {
             state.phase = Phase::Head;
-            state.deadline = Instant::now() + self.head_timeout;
+            state.deadline = Instant::now() + self.timeouts.head;
         }
         self.settle(&state);
         drop(state);
@@ -164,16 +187,40 @@ impl Conn {
         // No wake-up for the watchdog: if it sleeps on a deadline, it finds the connection
         // serving when that passes.
         self.settle(&state);
-        Serving(self.clone())
+        Serving(Some(self.clone()))
     }
 
-    fn answered(&self) {
+    /// A served request's handler has returned its response: its body is now sent, under
+    /// `timeouts.answer`; returns the body's id for [`Conn::done`].
+    fn answering(&self) -> u64 {
         let mut state = self.lock();
         state.serving -= 1;
+        let id = state.next_answer;
+        state.next_answer += 1;
+        let first = state.answering.is_empty();
+        state
+            .answering
+            .push((id, Instant::now() + self.timeouts.answer));
+        drop(state);
+        // The watchdog waits for a change while only handlers run; now it has a deadline.
+        if first {
+            self.changed.notify_one();
+        }
+        id
+    }
+
+    /// A request is done (answered, its response body sent, or given up); `answer` is the
+    /// response body's id when it had one.
+    fn done(&self, answer: Option<u64>) {
+        let mut state = self.lock();
+        match answer {
+            Some(id) => state.answering.retain(|(other, _)| *other != id),
+            None => state.serving -= 1,
+        }
         state.answered = true;
-        if state.serving == 0 && state.phase == Phase::Serving {
+        if state.serving == 0 && state.answering.is_empty() && state.phase == Phase::Serving {
             state.phase = Phase::Waiting;
-            state.deadline = Instant::now() + self.idle_timeout;
+            state.deadline = Instant::now() + self.timeouts.idle;
             self.settle(&state);
             drop(state);
             self.changed.notify_one();
@@ -184,9 +231,10 @@ impl Conn {
     pub async fn expired(&self) -> Expired {
         loop {
             let changed = self.changed.notified();
-            let (phase, deadline, answered) = {
+            let (phase, deadline, answered, answer_by) = {
                 let state = self.lock();
-                (state.phase, state.deadline, state.answered)
+                let answer_by = state.answering.iter().map(|(_, by)| *by).min();
+                (state.phase, state.deadline, state.answered, answer_by)
             };
             match phase {
                 Phase::Waiting | Phase::Head if Instant::now() >= deadline => {
@@ -202,18 +250,85 @@ impl Conn {
                         _ = changed => {}
                     }
                 }
-                Phase::Serving => changed.await,
+                Phase::Serving => match answer_by {
+                    Some(by) if Instant::now() >= by => return Expired::Stalled,
+                    Some(by) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(by) => {}
+                            _ = changed => {}
+                        }
+                    }
+                    None => changed.await,
+                },
             }
         }
     }
 }
 
-/// Counts one request as being served until dropped.
-pub struct Serving(Arc<Conn>);
+/// Counts one request as being served until dropped (or until its response body starts).
+pub struct Serving(Option<Arc<Conn>>);
+
+impl Serving {
+    /// The handler returned a response with a body: the request is now that body being sent.
+    fn into_answer<B>(mut self, body: B) -> Answer<B> {
+        let sending = self.0.take().map(|conn| {
+            let id = conn.answering();
+            (conn, id)
+        });
+        Answer { body, sending }
+    }
+}
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.answered();
+        if let Some(conn) = self.0.take() {
+            conn.done(None);
+        }
+    }
+}
+
+/// A response body that keeps its connection's answer deadline until it ends or is dropped.
+pub struct Answer<B> {
+    body: B,
+    sending: Option<(Arc<Conn>, u64)>,
+}
+
+impl<B> Answer<B> {
+    fn finish(&mut self) {
+        if let Some((conn, id)) = self.sending.take() {
+            conn.done(Some(id));
+        }
+    }
+}
+
+impl<B> Drop for Answer<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            this.finish();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -288,14 +403,15 @@ impl<S> Tracked<S> {
     }
 }
 
-impl<S, R> tower::Service<R> for Tracked<S>
+impl<S, R, B> tower::Service<R> for Tracked<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<R, Response = http::Response<B>>,
     S::Future: Send + 'static,
+    B: hyper::body::Body + Unpin,
 {
-    type Response = S::Response;
+    type Response = http::Response<Answer<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -305,9 +421,17 @@ where
         let serving = self.conn.serving();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await;
-            drop(serving);
-            response
+            let response = future.await?;
+            // An empty body goes out with the head: the request is done.
+            Ok(if response.body().is_end_stream() {
+                drop(serving);
+                response.map(|body| Answer {
+                    body,
+                    sending: None,
+                })
+            } else {
+                response.map(|body| serving.into_answer(body))
+            })
         })
     }
 }
@@ -318,6 +442,12 @@ mod tests {
 
     const HEAD: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(75);
+    const ANSWER: Duration = Duration::from_secs(60);
+    const TIMEOUTS: Timeouts = Timeouts {
+        head: HEAD,
+        idle: IDLE,
+        answer: ANSWER,
+    };
 
     async fn expires_after(conn: &Conn) -> (Expired, Duration) {
         let started = Instant::now();
@@ -327,13 +457,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_expires_after_the_head_timeout() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         assert_eq!(expires_after(&conn).await, (Expired::Head, HEAD));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_answered_connection_idles_for_the_keepalive_timeout_not_the_head_timeout() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(b"POST /write HTTP/1.1\r\n");
         drop(conn.serving());
         assert_eq!(conn.phase(), Phase::Waiting);
@@ -342,7 +472,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_head_deadline_runs_from_the_first_byte_of_the_next_request() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(b"GET /ping HTTP/1.1\r\n\r\n");
         drop(conn.serving());
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -354,7 +484,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn serving_suspends_the_deadlines() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(b"POST /write HTTP/1.1\r\n");
         let serving = conn.serving();
         let waiting = {
@@ -374,7 +504,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_http2_connection_must_open_a_stream_within_the_head_timeout() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(b"P");
         conn.received(&PREFACE_AND_SETTINGS[1..]);
         assert_eq!(conn.protocol(), Protocol::Http2);
@@ -389,7 +519,7 @@ mod tests {
             b"PRI * HTTP/2.0\r\n",
             b"PRIX /ping HTTP/1.1\r\n",
         ] {
-            let conn = Conn::new(HEAD, IDLE);
+            let conn = Conn::new(TIMEOUTS);
             conn.received(start);
             assert_eq!(conn.phase(), Phase::Head, "{start:?}");
             assert_eq!(
@@ -398,14 +528,14 @@ mod tests {
                 "{start:?}"
             );
         }
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(b"PRIX /ping HTTP/1.1\r\n");
         assert_eq!(conn.protocol(), Protocol::Http1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_http2_connection_without_open_streams_idles_for_the_keepalive_timeout() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(PREFACE_AND_SETTINGS);
         let first = conn.serving();
         let second = conn.serving();
@@ -424,7 +554,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_http2_stream_suspends_the_deadlines_while_it_is_served() {
-        let conn = Conn::new(HEAD, IDLE);
+        let conn = Conn::new(TIMEOUTS);
         conn.received(PREFACE_AND_SETTINGS);
         let serving = conn.serving();
         let waiting = {
@@ -438,9 +568,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_response_body_not_sent_within_the_answer_timeout_expires_the_connection() {
+        let conn = Conn::new(TIMEOUTS);
+        conn.received(PREFACE_AND_SETTINGS);
+        let serving = conn.serving();
+        // The handler's own time (reading the body, waiting upstream) does not count.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let _answer = serving.into_answer(());
+        assert_eq!(conn.phase(), Phase::Serving);
+        assert_eq!(expires_after(&conn).await, (Expired::Stalled, ANSWER));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_unsent_response_sets_the_deadline() {
+        let conn = Conn::new(TIMEOUTS);
+        conn.received(PREFACE_AND_SETTINGS);
+        let first = conn.serving().into_answer(());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let _second = conn.serving().into_answer(());
+        let _handler = conn.serving();
+        assert_eq!(
+            expires_after(&conn).await,
+            (Expired::Stalled, ANSWER - Duration::from_secs(20))
+        );
+        drop(first);
+        assert_eq!(
+            expires_after(&conn).await,
+            (Expired::Stalled, Duration::from_secs(20))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sent_response_leaves_the_connection_to_its_idle_deadline() {
+        let conn = Conn::new(TIMEOUTS);
+        conn.received(b"GET /health HTTP/1.1\r\n\r\n");
+        let answer = conn.serving().into_answer(());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(answer);
+        assert_eq!(conn.phase(), Phase::Waiting);
+        assert_eq!(expires_after(&conn).await, (Expired::Idle, IDLE));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn http1_methods_starting_with_p_are_not_taken_for_http2() {
         for method in [&b"POST"[..], b"PUT", b"PATCH"] {
-            let conn = Conn::new(HEAD, IDLE);
+            let conn = Conn::new(TIMEOUTS);
             for byte in method {
                 conn.received(std::slice::from_ref(byte));
             }

@@ -203,7 +203,9 @@ impl Metrics {
                 &r,
                 "connections_timed_out_total",
                 "Connections closed by a deadline: head (no complete request head or first HTTP/2 \
-                 stream within header_read_timeout), idle (no request for keepalive_timeout).",
+                 stream within header_read_timeout), idle (no request for keepalive_timeout), \
+                 stalled (a response not sent within request_timeout, or [query] timeout, of \
+                 its head: a client that stopped reading).",
                 &["reason"],
             ),
             tls_cert_expiry: plain_gauge(

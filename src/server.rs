@@ -21,7 +21,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::config::Config;
-use crate::deadline::{Conn, Expired, Tracked, Watched};
+use crate::deadline::{Conn, Expired, Timeouts, Tracked, Watched};
 use crate::error::BoxError;
 use crate::http::request_id::{new_id, OWN_VERSION};
 use crate::http::PeerAddr;
@@ -95,10 +95,7 @@ impl Bound {
             tls,
         } = self;
         let startup = shared.generation();
-        let timeouts = (
-            startup.config.server.header_read_timeout,
-            startup.config.server.keepalive_timeout,
-        );
+        let streams = startup.config.server.max_streams_per_connection;
         let max_connections = connection_limit(startup.config.server.max_connections);
         let (stop_main, main_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
@@ -114,20 +111,20 @@ impl Bound {
         let main_task = tokio::spawn(accept_loop(
             main,
             stack::build(shared.clone(), Role::Main { with_admin }),
-            builder(),
+            builder(streams),
             tls,
             Gate::new(max_connections, Some(shared.metrics.clone())),
-            timeouts,
+            shared.clone(),
             main_stopped,
         ));
         let admin_task = admin.map(|listener| {
             tokio::spawn(accept_loop(
                 listener,
                 stack::build(shared.clone(), Role::Admin),
-                builder(),
+                builder(streams),
                 None,
                 Gate::new(ADMIN_CONNECTIONS, None),
-                timeouts,
+                shared.clone(),
                 admin_stopped,
             ))
         });
@@ -173,7 +170,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BoxError> {
         .map_err(|e| format!("cannot listen on {addr}: {e}").into())
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(max_streams: u32) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -195,7 +192,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(max_streams)
         .max_header_list_size(64 * 1024)
         // Rapid-reset (CVE-2023-44487) and error-reset floods: cap the streams a client may
         // open and cancel, or make fail, before the connection is closed.
@@ -386,7 +383,7 @@ async fn accept_loop(
     builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<Acceptor>>,
     gate: Gate,
-    (head_timeout, idle_timeout): (Duration, Duration),
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
@@ -409,6 +406,7 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let timeouts = timeouts(&shared.generation().config);
         let service =
             service
                 .clone()
@@ -418,7 +416,7 @@ async fn accept_loop(
                     request
                 });
         let Some(tls) = tls.clone() else {
-            let conn = Conn::new(head_timeout, idle_timeout);
+            let conn = Conn::new(timeouts);
             let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
             let connection = builder
                 .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
@@ -438,7 +436,7 @@ async fn accept_loop(
                 }
             };
             // The head deadline starts once the handshake is done (it has its own).
-            let conn = Conn::new(head_timeout, idle_timeout);
+            let conn = Conn::new(timeouts);
             let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
             let connection = builder
                 .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
@@ -447,6 +445,20 @@ async fn accept_loop(
         });
     }
     graceful
+}
+
+/// A new connection's deadlines under `config`. A response may take as long to send as the
+/// longest request may take to serve: `request_timeout`, or `[query] timeout` for answers
+/// streamed from the read path.
+fn timeouts(config: &crate::config::Config) -> Timeouts {
+    let server = &config.server;
+    Timeouts {
+        head: server.header_read_timeout,
+        idle: server.keepalive_timeout,
+        answer: config.query.as_ref().map_or(server.request_timeout, |q| {
+            q.timeout.max(server.request_timeout)
+        }),
+    }
 }
 
 /// Runs a connection until it ends or waits past one of its deadlines; dropping it then
@@ -469,6 +481,7 @@ async fn serve<E: std::fmt::Display>(
                 let reason = match why {
                     Expired::Head => "head",
                     Expired::Idle => "idle",
+                    Expired::Stalled => "stalled",
                 };
                 timed_out.with_label_values(&[reason]).inc();
             }

@@ -145,3 +145,93 @@ async fn many_gzip_writers_behind_a_slow_upstream_stay_inside_the_budget() {
         compressed.len() / 1000
     );
 }
+
+/// One h2c connection with `SETTINGS_INITIAL_WINDOW_SIZE = 0` that opens `streams`
+/// `GET /health` streams and never reads a byte of their bodies; resolves when the proxy
+/// closes the connection, with how many of the streams got a response head.
+async fn zero_window_client(addr: std::net::SocketAddr, streams: usize) -> usize {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(stream))
+            .await
+    else {
+        return 0;
+    };
+    let driver = tokio::spawn(connection);
+    let mut heads = vec![];
+    for _ in 0..streams {
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let request = http::Request::get(format!("http://{addr}/health"))
+            .body(Empty::new())
+            .unwrap();
+        heads.push(sender.send_request(request));
+    }
+    let mut answered = vec![];
+    for head in heads {
+        if let Ok(response) = head.await {
+            // Held, never read: its body cannot be sent through a zero window.
+            answered.push(response);
+        }
+    }
+    let _ = driver.await;
+    answered.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_with_a_zero_window_are_cut_off_at_the_deadline_inside_the_budget() {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        dir.path(),
+        &upstream.url(),
+        "max_inflight_bytes = \"128MiB\"\nrequest_timeout = \"3s\"",
+    );
+    let pid = proxy.pid();
+    let addr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let idle = rss(pid);
+    let started = std::time::Instant::now();
+    let (heads, peak) = peak_while(pid, async {
+        let clients: Vec<_> = (0..200)
+            .map(|_| {
+                tokio::spawn(tokio::time::timeout(
+                    Duration::from_secs(20),
+                    zero_window_client(addr, 256),
+                ))
+            })
+            .collect();
+        let mut heads = vec![];
+        for client in clients {
+            let client = client.await.unwrap();
+            heads.push(client.expect("the proxy closes a zero-window connection"));
+        }
+        heads
+    })
+    .await;
+    let closed = started.elapsed();
+    // Each client had as many streams open as the default bound lets it, no more.
+    assert!(heads.iter().all(|&n| n == 100), "{heads:?}");
+    assert!(
+        closed >= Duration::from_secs(3) && closed < Duration::from_secs(10),
+        "closed after {closed:?}, request_timeout is 3s"
+    );
+    assert!(
+        peak < 128 * MIB + 64 * MIB,
+        "peak RSS {} MiB (idle {} MiB)",
+        peak / MIB,
+        idle / MIB
+    );
+    let stalled = support::metrics::metric_value(
+        &support::metrics::scrape(&proxy.url("/metrics")).await,
+        "influx_write_proxy_connections_timed_out_total",
+        &[("reason", "stalled")],
+    );
+    assert_eq!(stalled, 200.0);
+}

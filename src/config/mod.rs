@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// Client connections open at once on `listen`; `None`: from the open-file limit.
     pub max_connections: Option<usize>,
+    /// HTTP/2 streams a client may keep open at once on one connection.
+    pub max_streams_per_connection: u32,
     pub tls: Option<TlsConfig>,
 }
 
@@ -268,6 +270,10 @@ impl Config {
                 a.max_connections != b.max_connections,
             ),
             (
+                "server.max_streams_per_connection",
+                a.max_streams_per_connection != b.max_streams_per_connection,
+            ),
+            (
                 "server.worker_threads",
                 a.worker_threads != b.worker_threads,
             ),
@@ -323,6 +329,7 @@ mod tests {
         assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
         assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(config.server.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(config.server.max_streams_per_connection, 100);
         assert_eq!(config.auth.mode, AuthMode::None);
         assert_eq!(config.clusters[0].timeout, Duration::from_secs(10));
         assert_eq!(config.server.worker_threads, None);

@@ -126,6 +126,7 @@ pub(super) struct RawServer {
     pub(super) realm: Option<String>,
     pub(super) worker_threads: Option<usize>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_streams_per_connection: Option<u32>,
     pub(super) tls: Option<RawTls>,
 }
 

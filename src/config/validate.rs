@@ -153,8 +153,12 @@ impl RawConfig {
             realm: s.realm.clone().unwrap_or_else(|| "InfluxDB".to_string()),
             worker_threads: s.worker_threads.filter(|&n| n > 0),
             max_connections: s.max_connections.filter(|&n| n > 0),
+            max_streams_per_connection: s.max_streams_per_connection.unwrap_or(100),
             tls: s.tls.as_ref().map(|t| validate_tls(t, &mut c)),
         };
+        if !(1..=1000).contains(&server.max_streams_per_connection) {
+            c.error("server.max_streams_per_connection", "between 1 and 1000");
+        }
         if s.worker_threads.is_some_and(|n| n > 1024) {
             c.error(
                 "server.worker_threads",
