@@ -8,10 +8,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tower::{Layer, Service};
 
-use super::{Endpoint, Listener, PeerAddr, WriteDetails};
+use super::{Endpoint, Listener, PeerAddr, WriteDetails, ENDPOINTS};
 use crate::metrics::Metrics;
 
 /// Outermost layer: request counts and durations, requests in flight, 413s, and one access
@@ -19,11 +19,45 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
+    labelled: Arc<[Labelled]>,
+}
+
+/// One `endpoint` label's duration histogram and the counter of its usual answer, looked up
+/// once rather than hashed and locked on every request.
+struct Labelled {
+    endpoint: &'static str,
+    duration: Histogram,
+    /// Its answers with this status…
+    usual: u16,
+    /// …counted here.
+    usual_count: IntCounter,
 }
 
 impl ObserveLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        let mut labels: Vec<&'static str> = ENDPOINTS.iter().map(|e| e.label).collect();
+        labels.push("other");
+        labels.dedup();
+        let labelled = labels
+            .into_iter()
+            .map(|endpoint| {
+                // Writes answer 204, reads and everything else mostly 200.
+                let usual = if endpoint.ends_with("write") {
+                    204
+                } else {
+                    200
+                };
+                Labelled {
+                    endpoint,
+                    duration: metrics.http_duration.with_label_values(&[endpoint]),
+                    usual,
+                    usual_count: metrics
+                        .http_requests
+                        .with_label_values(&[endpoint, itoa::Buffer::new().format(usual)]),
+                }
+            })
+            .collect();
+        Self { metrics, labelled }
     }
 }
 
@@ -34,6 +68,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            labelled: self.labelled.clone(),
         }
     }
 }
@@ -42,6 +77,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    labelled: Arc<[Labelled]>,
 }
 
 /// Decrements the in-flight gauge however the request ends (answered or dropped).
@@ -77,6 +113,7 @@ where
         let method = request.method().clone();
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let metrics = self.metrics.clone();
+        let labelled = self.labelled.clone();
         metrics.inflight_requests.inc();
         let guard = InflightGuard(metrics.inflight_requests.clone());
         let future = self.inner.call(request);
@@ -86,15 +123,24 @@ where
             if let Ok(response) = &result {
                 let status = response.status().as_u16();
                 let elapsed = started.elapsed();
-                let mut code = itoa::Buffer::new();
-                metrics
-                    .http_requests
-                    .with_label_values(&[endpoint, code.format(status)])
-                    .inc();
-                metrics
-                    .http_duration
-                    .with_label_values(&[endpoint])
-                    .observe(elapsed.as_secs_f64());
+                let known = labelled.iter().find(|l| l.endpoint == endpoint);
+                match known {
+                    Some(l) if l.usual == status => l.usual_count.inc(),
+                    _ => {
+                        let mut code = itoa::Buffer::new();
+                        metrics
+                            .http_requests
+                            .with_label_values(&[endpoint, code.format(status)])
+                            .inc();
+                    }
+                }
+                match known {
+                    Some(l) => l.duration.observe(elapsed.as_secs_f64()),
+                    None => metrics
+                        .http_duration
+                        .with_label_values(&[endpoint])
+                        .observe(elapsed.as_secs_f64()),
+                }
                 if status == 413 {
                     metrics.body_too_large.inc();
                 }

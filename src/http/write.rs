@@ -71,7 +71,7 @@ pub(super) async fn write(
     mirror(shared, generation, target.mirrors, &forward);
     let primary = generation.cluster(target.primary);
     let accepted = deliver(shared, timeout, &primary, forward).await?;
-    Ok(acknowledge(shared, &primary, accepted, details))
+    Ok(acknowledge(&primary, accepted, details))
 }
 
 /// What the head of a write says: where it goes, as whom, and how its body is encoded.
@@ -288,23 +288,15 @@ fn mirror(shared: &Arc<Shared>, generation: &Generation, mirrors: &[String], for
 
 /// The answer to a write the cluster (or the spool) took: counted, then an empty 204.
 fn acknowledge(
-    shared: &Shared,
     primary: &upstream::Cluster,
     accepted: Accepted,
     details: &mut WriteDetails,
 ) -> Resp {
     details.node = accepted.node;
     details.tries = accepted.tries;
-    let cluster = [primary.name.as_str()];
-    let metrics = &shared.metrics;
-    metrics
-        .write_bytes
-        .with_label_values(&cluster)
-        .inc_by(details.bytes);
-    metrics
-        .write_points
-        .with_label_values(&cluster)
-        .inc_by(details.points);
+    let (bytes, points) = &primary.written;
+    bytes.inc_by(details.bytes);
+    points.inc_by(details.points);
     let mut response = Response::new(Full::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     if let Some(version) = accepted.version {

@@ -126,6 +126,8 @@ pub struct Cluster {
     config: ClusterConfig,
     metrics: Arc<Metrics>,
     retries: prometheus::IntCounter,
+    /// `write_bytes_total` and `write_points_total` of this cluster.
+    pub written: (prometheus::IntCounter, prometheus::IntCounter),
     /// Swapped whole on reload; health lives in the nodes.
     nodes: ArcSwap<Vec<Node>>,
     credentials: Option<HeaderValue>,
@@ -233,6 +235,14 @@ impl Cluster {
             retries: metrics
                 .upstream_retries
                 .with_label_values(&[config.name.as_str()]),
+            written: (
+                metrics
+                    .write_bytes
+                    .with_label_values(&[config.name.as_str()]),
+                metrics
+                    .write_points
+                    .with_label_values(&[config.name.as_str()]),
+            ),
             nodes: ArcSwap::from_pointee(nodes),
             credentials,
             timeout: config.timeout,
@@ -266,11 +276,22 @@ impl Cluster {
         outcome: &Result<Option<HeaderValue>, ProxyError>,
         took: Duration,
     ) {
-        let code = match outcome {
-            Ok(_) => "2xx".to_string(),
-            Err(error) => error_code(error),
-        };
-        self.record(node, &code, took);
+        match outcome {
+            Ok(_) => {
+                let (requests, duration) = node.answered.get_or_init(|| {
+                    let m = &self.metrics;
+                    let labels = [self.name.as_str(), node.name.as_str()];
+                    (
+                        m.upstream_requests
+                            .with_label_values(&[labels[0], labels[1], "2xx"]),
+                        m.upstream_duration.with_label_values(&labels),
+                    )
+                });
+                requests.inc();
+                duration.observe(took.as_secs_f64());
+            }
+            Err(error) => self.record(node, &error_code(error), took),
+        }
     }
 
     /// One try bounded by the cluster's per-try `timeout`.
