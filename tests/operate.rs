@@ -604,6 +604,10 @@ async fn sighup_swaps_tokens_and_routes_without_dropping_in_flight_requests() {
         log.contains("server.listen"),
         "the error names the key: {log}"
     );
+    assert!(
+        !log.contains('\x1b'),
+        "no terminal colours in a log file: {log}"
+    );
 }
 
 // === logs ===
