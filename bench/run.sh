@@ -4,8 +4,15 @@
 # all on loopback, interleaved rounds, medians. Prints points/s, MB/s, p50/p99, CPU s/GB and
 # peak RSS for the sink directly, nginx and the proxy, so overhead reads as a ratio.
 #
-#   bench/run.sh                      # 3 rounds, 5,000-line batches, 8 and 64 connections
-#   ROUNDS=1 DURATION=5s bench/run.sh # quicker, noisier
+# Scenarios (SCENARIOS, default all four, each its own matrix and table):
+#   plain   5,000-line batches (~785 kB), 8 and 64 connections
+#   small   10-line batches (~1.7 kB): per-request cost
+#   gzip    the 5,000-line batch gzip -6 (Telegraf's encoding); the sink inflates to count lines
+#   memory  256 connections of 5,000-line batches, plain and gzip, the proxy with
+#           max_inflight_bytes = "128MiB": peak RSS next to nginx's
+#
+#   bench/run.sh                               # 3 rounds of each, ~15 minutes
+#   SCENARIOS=small ROUNDS=1 DURATION=5s bench/run.sh   # one of them, quicker, noisier
 #
 # Needs: wrk, nginx-light, gcc, zlib1g-dev, curl, python3 (installed here when missing).
 set -euo pipefail
@@ -24,19 +31,65 @@ if ((${#need[@]})); then
 fi
 
 (cd "$REPO" && cargo build --release --locked -q)
-mkdir -p "$RIG_TMP"
-cat >"$RIG_TMP/proxy.toml" <<TOML
+mkdir -p "$RIG_TMP/bodies"
+PLAIN="$RIG_TMP/bodies/lines-5000.lp"
+[[ -s "$PLAIN" ]] || python3 "$RIG/gen_lines.py" 5000 >"$PLAIN"
+GZ="$RIG_TMP/bodies/lines-5000.lp.gz"
+gzip -6 -n -c "$PLAIN" >"$GZ"
+
+# The proxy in front of the sink, with extra [server] lines (restarted per scenario, so
+# each one's peak RSS is its own).
+start_proxy() {
+    stop_proxy
+    cat >"$RIG_TMP/proxy.toml" <<TOML
 [server]
 listen = "127.0.0.1:18096"
+$1
 [clusters.default]
 nodes = ["http://127.0.0.1:18086"]
 TOML
+    "$REPO/target/release/influx-write-proxy" --config "$RIG_TMP/proxy.toml" >"$RIG_TMP/proxy.log" 2>&1 &
+    echo $! >"$RIG_TMP/proxy.pid"
+    for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18096/ping && break; sleep 0.1; done
+}
+stop_proxy() {
+    if [[ -s "$RIG_TMP/proxy.pid" ]]; then
+        kill "$(cat "$RIG_TMP/proxy.pid")" 2>/dev/null || true
+        sleep 0.5
+        : >"$RIG_TMP/proxy.pid"
+    fi
+}
 
-"$RIG/services.sh" start sink
+# The sink inflates gzip bodies (-z) so that sink_fwd counts their lines too.
+SINK_ARGS=-z "$RIG/services.sh" start sink
 "$RIG/services.sh" start nginx
-"$REPO/target/release/influx-write-proxy" --config "$RIG_TMP/proxy.toml" >"$RIG_TMP/proxy.log" 2>&1 &
-echo $! >"$RIG_TMP/proxy.pid"
-trap 'kill "$(cat "$RIG_TMP/proxy.pid")" 2>/dev/null || true; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
-for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18096/ping && break; sleep 0.1; done
+trap 'stop_proxy; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
 
-ROUNDS="${ROUNDS:-3}" "$RIG/matrix.sh" "${TARGETS:-$HERE/targets.txt}"
+scenario() { # NAME, then env assignments for matrix.sh
+    local name=$1
+    shift
+    echo "## $name"
+    env "$@" ROUNDS="${ROUNDS:-3}" RESULTS="$RIG_TMP/bench-$name-$(date +%Y%m%d-%H%M%S).jsonl" \
+        "$RIG/matrix.sh" "${TARGETS:-$HERE/targets.txt}"
+}
+
+for s in ${SCENARIOS:-plain small gzip memory}; do
+    case "$s" in
+    plain)
+        start_proxy ""
+        scenario plain LINES_LIST=5000 ;;
+    small)
+        start_proxy ""
+        scenario small LINES_LIST=10 ;;
+    gzip)
+        start_proxy ""
+        scenario gzip LINES_LIST=5000 BODY="$GZ" CONTENT_ENCODING=gzip BODY_LINES=5000 ;;
+    memory)
+        start_proxy 'max_inflight_bytes = "128MiB"'
+        scenario memory-plain LINES_LIST=5000 CONNS=256 WRK_TIMEOUT=30s
+        start_proxy 'max_inflight_bytes = "128MiB"'
+        scenario memory-gzip LINES_LIST=5000 CONNS=256 WRK_TIMEOUT=30s BODY="$GZ" \
+            CONTENT_ENCODING=gzip BODY_LINES=5000 ;;
+    *) echo "unknown scenario $s (plain, small, gzip, memory)" >&2; exit 2 ;;
+    esac
+done
