@@ -60,7 +60,9 @@ stop_proxy() {
     fi
 }
 
-# The sink inflates gzip bodies (-z) so that sink_fwd counts their lines too.
+# The sink inflates gzip bodies (-z) so that sink_fwd counts their lines too (restarted:
+# one left running may lack it).
+"$RIG/services.sh" stop sink >/dev/null 2>&1 || true
 SINK_ARGS=-z "$RIG/services.sh" start sink
 "$RIG/services.sh" start nginx
 trap 'stop_proxy; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
