@@ -86,9 +86,8 @@ struct State {
     deadline: Instant,
     /// Requests being served (their handlers have not returned a response yet).
     serving: usize,
-    /// Response bodies being sent, each with its id and deadline.
-    answering: Vec<(u64, Instant)>,
-    next_answer: u64,
+    /// The deadlines of the response bodies being sent.
+    answering: Vec<Instant>,
     /// A request has been answered on this connection (so waiting is keep-alive idling).
     answered: bool,
     /// Bytes of the HTTP/2 preface seen so far, while the protocol is unknown.
@@ -116,7 +115,6 @@ impl Conn {
                 deadline: Instant::now() + timeouts.head,
                 serving: 0,
                 answering: Vec::new(),
-                next_answer: 0,
                 answered: false,
                 preface: 0,
             }),
@@ -191,30 +189,32 @@ impl Conn {
     }
 
     /// A served request's handler has returned its response: its body is now sent, under
-    /// `timeouts.answer`; returns the body's id for [`Conn::done`].
-    fn answering(&self) -> u64 {
+    /// `timeouts.answer`; returns the body's deadline for [`Conn::done`].
+    fn answering(&self) -> Instant {
         let mut state = self.lock();
         state.serving -= 1;
-        let id = state.next_answer;
-        state.next_answer += 1;
+        let by = Instant::now() + self.timeouts.answer;
         let first = state.answering.is_empty();
-        state
-            .answering
-            .push((id, Instant::now() + self.timeouts.answer));
+        state.answering.push(by);
         drop(state);
         // The watchdog waits for a change while only handlers run; now it has a deadline.
         if first {
             self.changed.notify_one();
         }
-        id
+        by
     }
 
     /// A request is done (answered, its response body sent, or given up); `answer` is the
-    /// response body's id when it had one.
-    fn done(&self, answer: Option<u64>) {
+    /// response body's deadline when it had one. Bodies with the same deadline are alike to
+    /// the watchdog, so any one of them is taken off.
+    fn done(&self, answer: Option<Instant>) {
         let mut state = self.lock();
         match answer {
-            Some(id) => state.answering.retain(|(other, _)| *other != id),
+            Some(by) => {
+                if let Some(at) = state.answering.iter().position(|other| *other == by) {
+                    state.answering.swap_remove(at);
+                }
+            }
             None => state.serving -= 1,
         }
         state.answered = true;
@@ -233,7 +233,7 @@ impl Conn {
             let changed = self.changed.notified();
             let (phase, deadline, answered, answer_by) = {
                 let state = self.lock();
-                let answer_by = state.answering.iter().map(|(_, by)| *by).min();
+                let answer_by = state.answering.iter().min().copied();
                 (state.phase, state.deadline, state.answered, answer_by)
             };
             match phase {
@@ -269,12 +269,17 @@ impl Conn {
 pub struct Serving(Option<Arc<Conn>>);
 
 impl Serving {
-    /// The handler returned a response with a body: the request is now that body being sent.
-    fn into_answer<B>(mut self, body: B) -> Answer<B> {
-        let sending = self.0.take().map(|conn| {
-            let id = conn.answering();
-            (conn, id)
-        });
+    /// The handler returned its response. An empty body goes out with the head, so the
+    /// request is done; any other is now that body being sent.
+    fn into_answer<B: hyper::body::Body>(mut self, body: B) -> Answer<B> {
+        let sending = if body.is_end_stream() {
+            None
+        } else {
+            self.0.take().map(|conn| {
+                let by = conn.answering();
+                (conn, by)
+            })
+        };
         Answer { body, sending }
     }
 }
@@ -290,13 +295,13 @@ impl Drop for Serving {
 /// A response body that keeps its connection's answer deadline until it ends or is dropped.
 pub struct Answer<B> {
     body: B,
-    sending: Option<(Arc<Conn>, u64)>,
+    sending: Option<(Arc<Conn>, Instant)>,
 }
 
 impl<B> Answer<B> {
     fn finish(&mut self) {
-        if let Some((conn, id)) = self.sending.take() {
-            conn.done(Some(id));
+        if let Some((conn, by)) = self.sending.take() {
+            conn.done(Some(by));
         }
     }
 }
@@ -422,16 +427,7 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
-            // An empty body goes out with the head: the request is done.
-            Ok(if response.body().is_end_stream() {
-                drop(serving);
-                response.map(|body| Answer {
-                    body,
-                    sending: None,
-                })
-            } else {
-                response.map(|body| serving.into_answer(body))
-            })
+            Ok(response.map(|body| serving.into_answer(body)))
         })
     }
 }
@@ -567,6 +563,19 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Expired::Idle);
     }
 
+    fn body(bytes: &'static [u8]) -> http_body_util::Full<bytes::Bytes> {
+        http_body_util::Full::new(bytes::Bytes::from_static(bytes))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_response_body_ends_the_request_with_its_head() {
+        let conn = Conn::new(TIMEOUTS);
+        conn.received(b"POST /write HTTP/1.1\r\n");
+        let _answer = conn.serving().into_answer(body(b""));
+        assert_eq!(conn.phase(), Phase::Waiting);
+        assert_eq!(expires_after(&conn).await, (Expired::Idle, IDLE));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_response_body_not_sent_within_the_answer_timeout_expires_the_connection() {
         let conn = Conn::new(TIMEOUTS);
@@ -574,7 +583,7 @@ mod tests {
         let serving = conn.serving();
         // The handler's own time (reading the body, waiting upstream) does not count.
         tokio::time::sleep(Duration::from_secs(300)).await;
-        let _answer = serving.into_answer(());
+        let _answer = serving.into_answer(body(b"{}"));
         assert_eq!(conn.phase(), Phase::Serving);
         assert_eq!(expires_after(&conn).await, (Expired::Stalled, ANSWER));
     }
@@ -583,9 +592,9 @@ mod tests {
     async fn the_oldest_unsent_response_sets_the_deadline() {
         let conn = Conn::new(TIMEOUTS);
         conn.received(PREFACE_AND_SETTINGS);
-        let first = conn.serving().into_answer(());
+        let first = conn.serving().into_answer(body(b"{}"));
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let _second = conn.serving().into_answer(());
+        let _second = conn.serving().into_answer(body(b"{}"));
         let _handler = conn.serving();
         assert_eq!(
             expires_after(&conn).await,
@@ -602,7 +611,7 @@ mod tests {
     async fn a_sent_response_leaves_the_connection_to_its_idle_deadline() {
         let conn = Conn::new(TIMEOUTS);
         conn.received(b"GET /health HTTP/1.1\r\n\r\n");
-        let answer = conn.serving().into_answer(());
+        let answer = conn.serving().into_answer(body(b"{}"));
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(answer);
         assert_eq!(conn.phase(), Phase::Waiting);
