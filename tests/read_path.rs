@@ -504,29 +504,17 @@ async fn queries_go_to_the_cluster_of_their_databases() {
         )
         .send()
     };
-    let answer: serde_json::Value = get("SELECT * FROM cpu", "eu_metrics")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json = async |q: &str, db: &str| -> serde_json::Value {
+        get(q, db).await.unwrap().json().await.unwrap()
+    };
+    let answer = json("SELECT * FROM cpu", "eu_metrics").await;
     assert_eq!(answer["results"][0]["series"][0]["values"][0][1], "eu");
-    let answer: serde_json::Value = get("SELECT * FROM eu_metrics..cpu", &default_db)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = json("SELECT * FROM eu_metrics..cpu", &default_db).await;
     assert_eq!(
         answer["results"][0]["series"][0]["values"][0][1], "eu",
         "the named database routes, not db"
     );
-    let answer: serde_json::Value = get("SELECT count(usage) FROM cpu", &default_db)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = json("SELECT count(usage) FROM cpu", &default_db).await;
     assert_eq!(answer["results"][0]["series"][0]["values"][0][1], 50);
     let spans = get(
         &format!("SELECT * FROM cpu; SELECT * FROM {default_db}..cpu"),
