@@ -33,7 +33,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
@@ -101,7 +100,6 @@ pub struct Conn {
     /// Arriving bytes change nothing (the protocol is known, and an HTTP/1.1 request is
     /// under way or the connection is HTTP/2): body reads skip the lock.
     quiet: AtomicBool,
-    changed: Notify,
     timeouts: Timeouts,
 }
 
@@ -119,7 +117,6 @@ impl Conn {
                 preface: 0,
             }),
             quiet: AtomicBool::new(false),
-            changed: Notify::new(),
             timeouts,
         })
     }
@@ -173,8 +170,6 @@ impl Conn {
             state.deadline = Instant::now() + self.timeouts.head;
         }
         self.settle(&state);
-        drop(state);
-        self.changed.notify_one();
     }
 
     /// A request is being served until the returned guard is dropped (when it is answered).
@@ -182,8 +177,6 @@ impl Conn {
         let mut state = self.lock();
         state.serving += 1;
         state.phase = Phase::Serving;
-        // No wake-up for the watchdog: if it sleeps on a deadline, it finds the connection
-        // serving when that passes.
         self.settle(&state);
         Serving(Some(self.clone()))
     }
@@ -194,13 +187,7 @@ impl Conn {
         let mut state = self.lock();
         state.serving -= 1;
         let by = Instant::now() + self.timeouts.answer;
-        let first = state.answering.is_empty();
         state.answering.push(by);
-        drop(state);
-        // The watchdog waits for a change while only handlers run; now it has a deadline.
-        if first {
-            self.changed.notify_one();
-        }
         by
     }
 
@@ -222,44 +209,44 @@ impl Conn {
             state.phase = Phase::Waiting;
             state.deadline = Instant::now() + self.timeouts.idle;
             self.settle(&state);
-            drop(state);
-            self.changed.notify_one();
         }
     }
 
     /// Resolves when the connection has waited past a deadline.
+    ///
+    /// Nothing wakes the watchdog when the state changes (that would be a task wake-up on
+    /// every request): it looks again at least every `recheck`, the shortest of the
+    /// timeouts. A deadline set at time `t` is never sooner than `t + recheck`, and the
+    /// watchdog's last look was at `t` or before, so it wakes by then and sleeps on to the
+    /// deadline exactly.
     pub async fn expired(&self) -> Expired {
+        let t = &self.timeouts;
+        let recheck = t
+            .head
+            .min(t.idle)
+            .min(t.answer)
+            .max(Duration::from_millis(1));
         loop {
-            let changed = self.changed.notified();
             let (phase, deadline, answered, answer_by) = {
                 let state = self.lock();
                 let answer_by = state.answering.iter().min().copied();
                 (state.phase, state.deadline, state.answered, answer_by)
             };
-            match phase {
-                Phase::Waiting | Phase::Head if Instant::now() >= deadline => {
-                    return if phase == Phase::Waiting && answered {
-                        Expired::Idle
-                    } else {
-                        Expired::Head
+            let now = Instant::now();
+            let due = match phase {
+                Phase::Waiting | Phase::Head => Some(deadline),
+                Phase::Serving => answer_by,
+            };
+            match due {
+                Some(due) if now >= due => {
+                    return match phase {
+                        Phase::Serving => Expired::Stalled,
+                        Phase::Waiting if answered => Expired::Idle,
+                        _ => Expired::Head,
                     };
                 }
-                Phase::Waiting | Phase::Head => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => {}
-                        _ = changed => {}
-                    }
-                }
-                Phase::Serving => match answer_by {
-                    Some(by) if Instant::now() >= by => return Expired::Stalled,
-                    Some(by) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(by) => {}
-                            _ = changed => {}
-                        }
-                    }
-                    None => changed.await,
-                },
+                Some(due) => tokio::time::sleep_until(due.min(now + recheck)).await,
+                None => tokio::time::sleep_until(now + recheck).await,
             }
         }
     }
