@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -22,15 +22,43 @@ pub struct ObserveLayer {
     labelled: Arc<[Labelled]>,
 }
 
-/// One `endpoint` label's duration histogram and the counter of its usual answer, looked up
-/// once rather than hashed and locked on every request.
+/// One `endpoint` label's duration histogram and its 200 and 204 counters, each looked up
+/// on first use and then kept, rather than hashed and locked on every request. (Looked up
+/// lazily so that, as before, a series appears only once it has counted something.)
 struct Labelled {
     endpoint: &'static str,
-    duration: Histogram,
-    /// Its answers with this status…
-    usual: u16,
-    /// …counted here.
-    usual_count: IntCounter,
+    duration: OnceLock<Histogram>,
+    ok: OnceLock<IntCounter>,
+    no_content: OnceLock<IntCounter>,
+}
+
+impl Labelled {
+    fn count(&self, metrics: &Metrics, status: u16) {
+        let code = |status| {
+            move || {
+                metrics
+                    .http_requests
+                    .with_label_values(&[self.endpoint, status])
+            }
+        };
+        match status {
+            200 => self.ok.get_or_init(code("200")).inc(),
+            204 => self.no_content.get_or_init(code("204")).inc(),
+            _ => {
+                let mut code = itoa::Buffer::new();
+                metrics
+                    .http_requests
+                    .with_label_values(&[self.endpoint, code.format(status)])
+                    .inc();
+            }
+        }
+    }
+
+    fn time(&self, metrics: &Metrics, elapsed: std::time::Duration) {
+        self.duration
+            .get_or_init(|| metrics.http_duration.with_label_values(&[self.endpoint]))
+            .observe(elapsed.as_secs_f64());
+    }
 }
 
 impl ObserveLayer {
@@ -40,21 +68,11 @@ impl ObserveLayer {
         labels.dedup();
         let labelled = labels
             .into_iter()
-            .map(|endpoint| {
-                // Writes answer 204, reads and everything else mostly 200.
-                let usual = if endpoint.ends_with("write") {
-                    204
-                } else {
-                    200
-                };
-                Labelled {
-                    endpoint,
-                    duration: metrics.http_duration.with_label_values(&[endpoint]),
-                    usual,
-                    usual_count: metrics
-                        .http_requests
-                        .with_label_values(&[endpoint, itoa::Buffer::new().format(usual)]),
-                }
+            .map(|endpoint| Labelled {
+                endpoint,
+                duration: OnceLock::new(),
+                ok: OnceLock::new(),
+                no_content: OnceLock::new(),
             })
             .collect();
         Self { metrics, labelled }
@@ -123,24 +141,12 @@ where
             if let Ok(response) = &result {
                 let status = response.status().as_u16();
                 let elapsed = started.elapsed();
-                let known = labelled.iter().find(|l| l.endpoint == endpoint);
-                match known {
-                    Some(l) if l.usual == status => l.usual_count.inc(),
-                    _ => {
-                        let mut code = itoa::Buffer::new();
-                        metrics
-                            .http_requests
-                            .with_label_values(&[endpoint, code.format(status)])
-                            .inc();
-                    }
-                }
-                match known {
-                    Some(l) => l.duration.observe(elapsed.as_secs_f64()),
-                    None => metrics
-                        .http_duration
-                        .with_label_values(&[endpoint])
-                        .observe(elapsed.as_secs_f64()),
-                }
+                let labelled = labelled
+                    .iter()
+                    .find(|l| l.endpoint == endpoint)
+                    .expect("every endpoint label is in the table");
+                labelled.count(&metrics, status);
+                labelled.time(&metrics, elapsed);
                 if status == 413 {
                     metrics.body_too_large.inc();
                 }
