@@ -277,19 +277,7 @@ impl Cluster {
         took: Duration,
     ) {
         match outcome {
-            Ok(_) => {
-                let (requests, duration) = node.answered.get_or_init(|| {
-                    let m = &self.metrics;
-                    let labels = [self.name.as_str(), node.name.as_str()];
-                    (
-                        m.upstream_requests
-                            .with_label_values(&[labels[0], labels[1], "2xx"]),
-                        m.upstream_duration.with_label_values(&labels),
-                    )
-                });
-                requests.inc();
-                duration.observe(took.as_secs_f64());
-            }
+            Ok(_) => self.record(node, "2xx", took),
             Err(error) => self.record(node, &error_code(error), took),
         }
     }
@@ -318,11 +306,25 @@ impl Cluster {
     /// Counts and times one try: `code` is the status, `timeout` or `error`.
     fn record(&self, node: &Node, code: &str, took: Duration) {
         let m = &self.metrics;
-        m.upstream_requests
-            .with_label_values(&[self.name.as_str(), node.name.as_str(), code])
-            .inc();
-        m.upstream_duration
-            .with_label_values(&[self.name.as_str(), node.name.as_str()])
+        let requests = |code| {
+            move || {
+                m.upstream_requests.with_label_values(&[
+                    self.name.as_str(),
+                    node.name.as_str(),
+                    code,
+                ])
+            }
+        };
+        if code == "2xx" {
+            node.succeeded.get_or_init(requests("2xx")).inc();
+        } else {
+            requests(code)().inc();
+        }
+        node.duration
+            .get_or_init(|| {
+                m.upstream_duration
+                    .with_label_values(&[self.name.as_str(), node.name.as_str()])
+            })
             .observe(took.as_secs_f64());
     }
 

@@ -24,8 +24,10 @@ pub struct Node {
     check_successes: AtomicU32,
     request_failures: AtomicU32,
     /// Its `upstream_requests_total{code="2xx"}` and `upstream_request_duration_seconds`,
-    /// looked up once: the label lookup is a hash and a lock on every request otherwise.
-    pub(super) answered: std::sync::OnceLock<(prometheus::IntCounter, prometheus::Histogram)>,
+    /// looked up on first use: the label lookup is a hash and a lock on every request
+    /// otherwise.
+    pub(super) succeeded: std::sync::OnceLock<prometheus::IntCounter>,
+    pub(super) duration: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// A health change worth logging.
@@ -46,7 +48,8 @@ impl Node {
             check_failures: AtomicU32::new(0),
             check_successes: AtomicU32::new(0),
             request_failures: AtomicU32::new(0),
-            answered: std::sync::OnceLock::new(),
+            succeeded: std::sync::OnceLock::new(),
+            duration: std::sync::OnceLock::new(),
         }
     }
 
