@@ -5,7 +5,7 @@
 //! `cargo run --release --example bare_forward -- 127.0.0.1:18097 http://127.0.0.1:18086`,
 //! then point `../shared/rig/bench.sh` at port 18097. By default one work-stealing runtime
 //! serves every connection; `PER_CORE=N` runs N single-threaded runtimes instead, each with
-//! its own client and its own `SO_REUSEPORT` listener (what `workers.rs` was measured by).
+//! its own client and its own `SO_REUSEPORT` listener.
 use std::net::SocketAddr;
 
 use http::uri::{PathAndQuery, Uri};
