@@ -168,7 +168,7 @@ impl Iterator for Newlines<'_> {
 fn newline_bits(haystack: &[u8], at: usize) -> u64 {
     match haystack.get(at..at + 64) {
         Some(block) => block_bits(block.try_into().expect("64 bytes")),
-        None => last_block_bits(&haystack[at.min(haystack.len())..]),
+        None => last_block_bits(&haystack[at..]),
     }
 }
 
@@ -224,6 +224,13 @@ mod tests {
     use super::*;
     use crate::lineproto::summarize;
 
+    /// One step of the tests' linear congruential generator (Knuth's MMIX constants).
+    fn advance(seed: &mut u64) {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+
     #[test]
     fn timestamp_check_matches_a_bytewise_reading() {
         fn reference(line: &[u8]) -> bool {
@@ -245,9 +252,7 @@ mod tests {
         let alphabet = b"0123456789 -\\x=";
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..200_000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            advance(&mut seed);
             let len = (seed >> 58) as usize;
             let line: Vec<u8> = (0..len)
                 .map(|k| {
@@ -274,9 +279,7 @@ mod tests {
         let mut seed = 0x1234_5678_9abc_def1u64;
         let alphabet = b"0123456789 \\\t#=x-";
         for _ in 0..300_000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            advance(&mut seed);
             let len = 18 + (seed >> 59) as usize;
             let line: Vec<u8> = (0..len)
                 .map(|k| {
@@ -306,9 +309,7 @@ mod tests {
     fn newlines_are_found_where_memchr_finds_them() {
         let mut seed = 0x5851_f42d_4c95_7f2du64;
         for _ in 0..20_000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            advance(&mut seed);
             // Lengths around the 64-byte blocks, newlines dense and sparse, every byte value.
             let len = (seed >> 56) as usize;
             let density = 1 + (seed >> 40) as usize % 70;
@@ -337,9 +338,7 @@ mod tests {
     fn eight_byte_digit_mask_matches_bytewise_test() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..100_000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            advance(&mut seed);
             // Mostly digits, with every byte value showing up.
             let probe: [u8; 8] = std::array::from_fn(|k| {
                 let r = (seed >> (k * 8)) as u8;
