@@ -192,12 +192,14 @@ async fn h2c_clients_with_a_zero_window_are_cut_off_at_the_deadline_inside_the_b
     let proxy = start(
         dir.path(),
         &upstream.url(),
-        "max_inflight_bytes = \"128MiB\"\nrequest_timeout = \"3s\"",
+        "max_inflight_bytes = \"128MiB\"\nrequest_timeout = \"5s\"",
     );
     let pid = proxy.pid();
     let addr = proxy.url("").trim_start_matches("http://").parse().unwrap();
     let idle = rss(pid);
     let started = std::time::Instant::now();
+    // 20,000 streams are answered by a debug build on two cores: request_timeout leaves the
+    // proxy time to send every head before the first connections are cut.
     let (heads, peak) = peak_while(pid, async {
         let clients: Vec<_> = (0..200)
             .map(|_| {
@@ -219,8 +221,8 @@ async fn h2c_clients_with_a_zero_window_are_cut_off_at_the_deadline_inside_the_b
     // Each client had as many streams open as the default bound lets it, no more.
     assert!(heads.iter().all(|&n| n == 100), "{heads:?}");
     assert!(
-        closed >= Duration::from_secs(3) && closed < Duration::from_secs(10),
-        "closed after {closed:?}, request_timeout is 3s"
+        closed >= Duration::from_secs(5) && closed < Duration::from_secs(10),
+        "closed after {closed:?}, request_timeout is 5s"
     );
     assert!(
         peak < 128 * MIB + 64 * MIB,
