@@ -17,6 +17,20 @@ use hyper::body::Incoming;
 use crate::error::ProxyError;
 use crate::inflight::Reservation;
 
+/// The most an HTTP/1.1 connection's read buffer holds (hyper's `max_buf_size`).
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// What a body of `length` bytes holds beyond its own bytes while its frames are kept: the
+/// frames are slices of the connection's read buffer, so a body that spans more than one
+/// buffer keeps the last, partly filled one alive too. A body that fits in one read is
+/// charged nothing more (small budgets stay exact).
+pub fn read_buffer_held(length: u64) -> u64 {
+    match length > READ_BUFFER as u64 {
+        true => READ_BUFFER as u64,
+        false => 0,
+    }
+}
+
 /// Most of a body read and discarded after an early answer.
 const LINGER_BYTES: usize = 1024 * 1024;
 /// Longest wait for the rest of a body after an early answer.
@@ -226,6 +240,16 @@ pub async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_longer_than_one_read_buffer_is_charged_one_buffer_more() {
+        let buffer = READ_BUFFER as u64;
+        assert_eq!(read_buffer_held(0), 0);
+        assert_eq!(read_buffer_held(908), 0);
+        assert_eq!(read_buffer_held(buffer), 0);
+        assert_eq!(read_buffer_held(buffer + 1), buffer);
+        assert_eq!(read_buffer_held(785_681), buffer);
+    }
 
     #[tokio::test]
     async fn chunks_forward_every_byte_with_an_exact_length() {

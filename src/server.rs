@@ -199,7 +199,7 @@ fn builder(max_streams: u32) -> auto::Builder<TokioExecutor> {
         // Smaller reads keep each body frame in cache while it is scanned, and bound the
         // memory a connection holds: measured at 64 connections of 785 kB bodies, peak RSS
         // ~80 MB with 128 KiB against ~95 MB with 256 KiB, throughput within noise.
-        .max_buf_size(64 * 1024);
+        .max_buf_size(crate::body::READ_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())

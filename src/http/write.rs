@@ -150,7 +150,8 @@ fn prepare<'g>(
 const GZIP_ROOM: u64 = 6;
 
 /// Room in max_inflight_bytes for what the body will need, before a byte of it is read:
-/// its `Content-Length`, and for gzip room to decode into. Waits for it up to
+/// its `Content-Length` and the read buffer its frames keep alive, and for gzip room to
+/// decode into. Waits for it up to
 /// `inflight_wait`, in arrival order (SPEC §4.1); a chunked body takes its room as it comes.
 async fn reserve(
     shared: &Shared,
@@ -163,11 +164,11 @@ async fn reserve(
     let upfront = match content_length {
         None => 0,
         Some(n) if target.gzip => {
-            n + n
-                .saturating_mul(GZIP_ROOM)
-                .min(server.max_decoded_body_bytes)
+            n + body::read_buffer_held(n)
+                + n.saturating_mul(GZIP_ROOM)
+                    .min(server.max_decoded_body_bytes)
         }
-        Some(n) => n,
+        Some(n) => n + body::read_buffer_held(n),
     };
     let mut reservation = shared.inflight.reserve();
     reservation
