@@ -13,6 +13,7 @@ pub mod inflight;
 pub mod influxql;
 pub mod limit;
 pub mod lineproto;
+pub mod log_fields;
 pub mod metrics;
 pub mod rewrite;
 pub mod server;

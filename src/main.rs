@@ -150,7 +150,9 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder
+            .fmt_fields(influx_write_proxy::log_fields::PlainFields)
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
     guard
