@@ -3,7 +3,7 @@
 //!
 //! tracing-subscriber's default visitor paints every field name through `nu_ansi_term`
 //! even when colours are off (empty styles, still formatted): with the access log's
-//! seventeen fields that was a tenth of the instructions of a 10-line write through the
+//! fifteen fields that was a tenth of the instructions of a 10-line write through the
 //! proxy (callgrind, rig body). And it writes `Display` values (`db = %...`) as they are, so
 //! a database name with a percent-encoded newline could start a forged log line; here every
 //! C0 and C1 control character and DEL becomes `\xNN`.

@@ -151,8 +151,8 @@ const GZIP_ROOM: u64 = 6;
 
 /// Room in max_inflight_bytes for what the body will need, before a byte of it is read:
 /// its `Content-Length` and the read buffer its frames keep alive, and for gzip room to
-/// decode into. Waits for it up to
-/// `inflight_wait`, in arrival order (SPEC §4.1); a chunked body takes its room as it comes.
+/// decode into. Waits for it up to `inflight_wait`, in arrival order (SPEC §4.1); a
+/// chunked body takes its room as it comes.
 async fn reserve(
     shared: &Shared,
     generation: &Generation,
@@ -161,15 +161,15 @@ async fn reserve(
 ) -> Result<Reservation, ProxyError> {
     let server = &generation.config.server;
     body::declared_within(content_length, server.max_body_bytes)?;
-    let upfront = match content_length {
-        None => 0,
-        Some(n) if target.gzip => {
-            n + body::read_buffer_held(n)
-                + n.saturating_mul(GZIP_ROOM)
-                    .min(server.max_decoded_body_bytes)
-        }
-        Some(n) => n + body::read_buffer_held(n),
-    };
+    let upfront = content_length.map_or(0, |n| {
+        let decoded = match target.gzip {
+            true => n
+                .saturating_mul(GZIP_ROOM)
+                .min(server.max_decoded_body_bytes),
+            false => 0,
+        };
+        n + body::read_buffer_held(n) + decoded
+    });
     let mut reservation = shared.inflight.reserve();
     reservation
         .grow_within(upfront, server.inflight_wait)
