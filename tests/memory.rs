@@ -237,3 +237,80 @@ async fn h2c_clients_with_a_zero_window_are_cut_off_at_the_deadline_inside_the_b
     );
     assert_eq!(stalled, 200.0);
 }
+
+/// Sends `body` to `addr` as one HTTP/1.1 write, 1 kB at a time with a pause after each
+/// piece, so the proxy reads it in many short reads; returns the status line.
+fn trickle(addr: std::net::SocketAddr, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    write!(
+        stream,
+        "POST /write?db=a HTTP/1.1\r\nHost: proxy\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    for piece in body.chunks(1024) {
+        stream.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let mut answer = [0; 256];
+    let n = stream.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_trickled_in_short_reads_are_held_at_their_own_size() {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        dir.path(),
+        &upstream.url(),
+        "max_inflight_bytes = \"32MiB\"\ninflight_wait = \"20s\"",
+    );
+    let pid = proxy.pid();
+    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let body: Vec<u8> = (0..70_000)
+        .flat_map(|i| {
+            format!(
+                "cpu,host=h{} v={i}i {}\n",
+                i % 7,
+                1_700_000_000_000_000_000i64 + i
+            )
+            .into_bytes()
+        })
+        .collect();
+    let body = Arc::new(body);
+    let idle = rss(pid);
+    // Ten bodies of ~3 MB fit the budget together. Each short read takes a fresh read
+    // buffer; kept as slices of those buffers they would hold several times their size.
+    let (statuses, peak) = peak_while(pid, async {
+        let writers: Vec<_> = (0..10)
+            .map(|_| {
+                let body = body.clone();
+                tokio::task::spawn_blocking(move || trickle(addr, &body))
+            })
+            .collect();
+        let mut statuses = vec![];
+        for writer in writers {
+            statuses.push(writer.await.unwrap());
+        }
+        statuses
+    })
+    .await;
+    assert!(
+        statuses.iter().all(|s| s == "HTTP/1.1 204 No Content"),
+        "{statuses:?}"
+    );
+    let received = upstream.received();
+    assert_eq!(received.len(), 10);
+    assert!(received.iter().all(|r| r.body[..] == body[..]));
+    assert!(
+        peak < 32 * MIB + 64 * MIB,
+        "peak RSS {} MiB (idle {} MiB) for 10 bodies of {} kB",
+        peak / MIB,
+        idle / MIB,
+        body.len() / 1000
+    );
+}
