@@ -228,6 +228,9 @@ async fn stamped(
     let server = &generation.config.server;
     let limit = server.max_decoded_body_bytes;
     let compressed = wire.join();
+    // A body of several frames was copied into one buffer: let the frames (and the read
+    // buffers they are slices of) go, so what is held is what `held` says.
+    drop(wire);
     let held = compressed.len() as u64;
     // The trailer says what the body decodes to. When that is more room than the head got,
     // give back the guess and wait for the room, holding only the compressed bytes: waiting
