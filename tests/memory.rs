@@ -29,6 +29,28 @@ async fn peak_while<F: std::future::Future>(pid: u32, work: F) -> (F::Output, u6
     (out, peak.load(Ordering::Relaxed))
 }
 
+/// What each of `tasks` returned, in order.
+async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+/// `count` timestamped points, one per line, over 50 hosts.
+fn timestamped_lines(count: i64) -> Vec<u8> {
+    let mut body = String::new();
+    for i in 0..count {
+        body.push_str(&format!(
+            "cpu,host=h{} usage={i} {}\n",
+            i % 50,
+            1_700_000_000_000_000_000i64 + i
+        ));
+    }
+    body.into_bytes()
+}
+
 fn start(dir: &std::path::Path, node: &str, server: &str) -> ProxyProcess {
     let port = free_port();
     ProxyProcess::start(
@@ -105,15 +127,7 @@ async fn many_gzip_writers_behind_a_slow_upstream_stay_inside_the_budget() {
         "max_inflight_bytes = \"32MiB\"\ninflight_wait = \"20s\"",
     );
     let pid = proxy.pid();
-    let mut body = String::new();
-    for i in 0..20_000 {
-        body.push_str(&format!(
-            "cpu,host=h{} usage={i} {}\n",
-            i % 50,
-            1_700_000_000_000_000_000i64 + i
-        ));
-    }
-    let compressed = gzip(body.as_bytes());
+    let compressed = gzip(&timestamped_lines(20_000));
     let url = proxy.url("/write?db=a");
     let idle = rss(pid);
     let (statuses, peak) = peak_while(pid, async {
@@ -128,11 +142,11 @@ async fn many_gzip_writers_behind_a_slow_upstream_stay_inside_the_budget() {
                 )
             })
             .collect();
-        let mut statuses = vec![];
-        for writer in writers {
-            statuses.push(writer.await.unwrap().unwrap().status().as_u16());
-        }
-        statuses
+        let replies = joined(writers).await;
+        replies
+            .into_iter()
+            .map(|reply| reply.unwrap().status().as_u16())
+            .collect::<Vec<_>>()
     })
     .await;
     assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
@@ -195,7 +209,7 @@ async fn h2c_clients_with_a_zero_window_are_cut_off_at_the_deadline_inside_the_b
         "max_inflight_bytes = \"128MiB\"\nrequest_timeout = \"5s\"",
     );
     let pid = proxy.pid();
-    let addr = proxy.url("").trim_start_matches("http://").parse().unwrap();
+    let addr = proxy.addr();
     let idle = rss(pid);
     let started = std::time::Instant::now();
     // 20,000 streams are answered by a debug build on two cores: request_timeout leaves the
@@ -209,12 +223,11 @@ async fn h2c_clients_with_a_zero_window_are_cut_off_at_the_deadline_inside_the_b
                 ))
             })
             .collect();
-        let mut heads = vec![];
-        for client in clients {
-            let client = client.await.unwrap();
-            heads.push(client.expect("the proxy closes a zero-window connection"));
-        }
-        heads
+        let clients = joined(clients).await;
+        clients
+            .into_iter()
+            .map(|client| client.expect("the proxy closes a zero-window connection"))
+            .collect::<Vec<_>>()
     })
     .await;
     let closed = started.elapsed();
@@ -270,18 +283,8 @@ async fn bodies_trickled_in_short_reads_are_held_at_their_own_size() {
         "max_inflight_bytes = \"32MiB\"\ninflight_wait = \"20s\"",
     );
     let pid = proxy.pid();
-    let addr: std::net::SocketAddr = proxy.url("").trim_start_matches("http://").parse().unwrap();
-    let body: Vec<u8> = (0..70_000)
-        .flat_map(|i| {
-            format!(
-                "cpu,host=h{} v={i}i {}\n",
-                i % 7,
-                1_700_000_000_000_000_000i64 + i
-            )
-            .into_bytes()
-        })
-        .collect();
-    let body = Arc::new(body);
+    let addr = proxy.addr();
+    let body = Arc::new(timestamped_lines(70_000));
     let idle = rss(pid);
     // Ten bodies of ~3 MB fit the budget together. Each short read takes a fresh read
     // buffer; kept as slices of those buffers they would hold several times their size.
@@ -292,11 +295,7 @@ async fn bodies_trickled_in_short_reads_are_held_at_their_own_size() {
                 tokio::task::spawn_blocking(move || trickle(addr, &body))
             })
             .collect();
-        let mut statuses = vec![];
-        for writer in writers {
-            statuses.push(writer.await.unwrap());
-        }
-        statuses
+        joined(writers).await
     })
     .await;
     assert!(

@@ -138,6 +138,11 @@ impl ProxyProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The address it listens on, for raw-socket clients.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
