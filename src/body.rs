@@ -138,6 +138,14 @@ impl Chunks {
         self.chunks.push(chunk);
     }
 
+    /// Appends the frames copied into `copies` so far (see [`read`]), if any; the rest of
+    /// its buffer stays with `copies` for the next ones.
+    fn push_copies(&mut self, copies: &mut BytesMut) {
+        if !copies.is_empty() {
+            self.push(copies.split().freeze());
+        }
+    }
+
     /// The body in one buffer: free when it is one chunk, one copy otherwise.
     pub fn join(&self) -> Bytes {
         match self.chunks() {
@@ -230,6 +238,7 @@ pub async fn read(
     let mut chunks = Chunks::default();
     let mut short = BytesMut::new();
     let mut read = 0u64;
+    let mut copied = 0;
     loop {
         let frame = match tokio::time::timeout(stall, body.frame()).await {
             Err(_) => return Err(ProxyError::BodyTimeout(stall)),
@@ -254,23 +263,19 @@ pub async fn read(
         inspect(&data);
         if copy_short && data.len() < SHORT_FRAME {
             if short.capacity() - short.len() < data.len() {
-                if !short.is_empty() {
-                    chunks.push(short.split().freeze());
-                }
-                // Grown as the body is: a short chunked body is not given a whole buffer.
-                short.reserve((read as usize).clamp(data.len(), READ_BUFFER));
+                chunks.push_copies(&mut short);
+                // Grown as the copies are: a body with one short frame (its last, say)
+                // takes only that frame's size.
+                short.reserve((copied + data.len()).clamp(data.len(), READ_BUFFER));
             }
+            copied += data.len();
             short.extend_from_slice(&data);
         } else {
-            if !short.is_empty() {
-                chunks.push(short.split().freeze());
-            }
+            chunks.push_copies(&mut short);
             chunks.push(data);
         }
     }
-    if !short.is_empty() {
-        chunks.push(short.freeze());
-    }
+    chunks.push_copies(&mut short);
     Ok(chunks)
 }
 
