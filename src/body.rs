@@ -223,7 +223,8 @@ const SHORT_FRAME: usize = READ_BUFFER / 4 * 3;
 /// exception: each read takes a fresh buffer, so a short frame (a read that found little
 /// data waiting, as when many clients connect at once) would keep a whole buffer alive for
 /// a few bytes, beyond what the request is charged. Short frames are copied, one after the
-/// other, into buffers of the same size that they fill before the next is taken.
+/// other, into buffers that grow with the copies up to a read buffer's size, each filled
+/// before the next is taken.
 pub async fn read(
     mut body: RequestBody,
     limit: u64,
