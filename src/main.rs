@@ -50,6 +50,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_sooner();
     let args = Args::parse();
     let path = args
         .config
@@ -104,6 +105,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long mimalloc keeps freed memory before giving it back to the kernel, unless
+/// `MIMALLOC_PURGE_DELAY` is set. Its own default (1 s) holds what a burst of new
+/// connections frees while new requests take more: on the rig's 256-connection load the
+/// median peak RSS was 184 MB against 170 MB at 50 ms, for about 5 % more CPU (README,
+/// "Memory").
+const PURGE_DELAY_MS: &str = "50";
+
+/// mimalloc reads its options once, when the process is loaded, and setting one afterwards
+/// takes `unsafe` FFI; so, when the variable is not set, the binary starts itself again
+/// with it, before anything else has happened (same PID, same arguments). If that fails
+/// (the binary was replaced on disk, say) it runs on with mimalloc's default.
+fn purge_freed_memory_sooner() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "MIMALLOC_PURGE_DELAY";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let error = command.args(args).env(VAR, PURGE_DELAY_MS).exec();
+    eprintln!(
+        "cannot restart with {VAR}={PURGE_DELAY_MS} ({error}); running with mimalloc's default"
+    );
 }
 
 fn hash_secret(token: bool) -> ExitCode {

@@ -171,3 +171,48 @@ fn hash_secret_prints_what_proxy_toml_takes() {
     let (code, _) = run_with(&["hash-secret"], "");
     assert_eq!(code, Some(1));
 }
+
+/// The running proxy has `MIMALLOC_PURGE_DELAY` in its environment, as the binary sets it
+/// when the operator has not, and keeps the operator's value when there is one.
+#[test]
+fn the_running_proxy_purges_freed_memory_after_50ms_unless_told_otherwise() {
+    let environ = |value: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["--config", "/nonexistent/proxy.toml"])
+            .env_remove("INFLUX_WRITE_PROXY_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match value {
+            Some(v) => command.env("MIMALLOC_PURGE_DELAY", v),
+            None => command.env_remove("MIMALLOC_PURGE_DELAY"),
+        };
+        let mut child = command.spawn().unwrap();
+        // The process replaces itself (the other tests here run through that restart);
+        // read its environment until the new image has the variable or it has exited.
+        let path = format!("/proc/{}/environ", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = None;
+        while Instant::now() < deadline {
+            if let Ok(bytes) = std::fs::read(&path) {
+                found = bytes
+                    .split(|&b| b == 0)
+                    .find_map(|kv| kv.strip_prefix(b"MIMALLOC_PURGE_DELAY="))
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                if found.is_some() {
+                    break;
+                }
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        found
+    };
+    assert_eq!(environ(None).as_deref(), Some("50"));
+    assert_eq!(environ(Some("1000")).as_deref(), Some("1000"));
+}
