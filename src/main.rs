@@ -82,10 +82,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Client connections are served on the threads of `workers.rs`; this runtime runs the
+    // accept loops, health checks, spool replay and the admin listener.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.server.worker_threads {
-        builder.worker_threads(threads);
-    }
+    builder.worker_threads(1);
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
