@@ -22,6 +22,7 @@ pub mod stack;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 pub use config::Config;
 pub use server::Bound;

@@ -1,5 +1,5 @@
-//! Listeners, the accept loop (with its bound on open connections), HTTP/1.1 + h2c through
-//! hyper-util's auto builder, and the graceful drain of SPEC §8: on shutdown `/ready` turns
+//! Listeners, the accept loop (with its bound on open connections, handing each connection to
+//! a serving thread of `workers.rs`), HTTP/1.1 + h2c through hyper-util's auto builder, and the graceful drain of SPEC §8: on shutdown `/ready` turns
 //! 503 at once, the main listener stops accepting, in-flight requests finish (up to
 //! `shutdown_grace`), then the process may exit.
 
@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::stack;
 use crate::state::Shared;
 use crate::tls::Acceptor;
+use crate::workers::Workers;
 
 /// A proxy whose listeners are bound, ready to serve.
 pub struct Bound {
@@ -100,30 +101,40 @@ impl Bound {
         let (stop_main, main_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let with_admin = admin.is_none();
+        let workers = Arc::new(Workers::start(worker_threads(
+            startup.config.server.worker_threads,
+        ))?);
         tracing::info!(
             listen = %main.local_addr()?,
             max_connections,
+            workers = workers.count(),
             tls = tls.is_some(),
             admin = %admin.as_ref().map_or(Ok("on listen".to_string()), |l| l.local_addr().map(|a| a.to_string()))?,
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
         let main_task = tokio::spawn(accept_loop(
-            main,
+            Listening {
+                listener: main,
+                tls,
+                gate: Gate::new(max_connections, Some(shared.metrics.clone())),
+                workers: Some(workers.clone()),
+            },
             stack::build(shared.clone(), Role::Main { with_admin }),
             builder(streams),
-            tls,
-            Gate::new(max_connections, Some(shared.metrics.clone())),
             shared.clone(),
             main_stopped,
         ));
         let admin_task = admin.map(|listener| {
             tokio::spawn(accept_loop(
-                listener,
+                Listening {
+                    listener,
+                    tls: None,
+                    gate: Gate::new(ADMIN_CONNECTIONS, None),
+                    workers: None,
+                },
                 stack::build(shared.clone(), Role::Admin),
                 builder(streams),
-                None,
-                Gate::new(ADMIN_CONNECTIONS, None),
                 shared.clone(),
                 admin_stopped,
             ))
@@ -377,15 +388,28 @@ impl Gate {
 }
 
 /// Accepts until told to stop; returns the handle that drains the connections it started.
-async fn accept_loop(
+/// A listener and how its connections are taken: over TLS or not, under which bound on open
+/// connections, on the serving threads or on the runtime that accepted them.
+struct Listening {
     listener: TcpListener,
-    service: stack::Stack,
-    builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<Acceptor>>,
     gate: Gate,
+    workers: Option<Arc<Workers>>,
+}
+
+async fn accept_loop(
+    listening: Listening,
+    service: stack::Stack,
+    builder: auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
+    let Listening {
+        listener,
+        tls,
+        gate,
+        workers,
+    } = listening;
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -415,19 +439,18 @@ async fn accept_loop(
                     request.extensions_mut().insert(PeerAddr(peer));
                     request
                 });
-        let Some(tls) = tls.clone() else {
-            let conn = Conn::new(timeouts);
-            let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
-            let connection = builder
-                .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
-                .into_owned();
-            tokio::spawn(serve(peer, conn, slot, graceful.watch(connection)));
-            continue;
-        };
-        // The handshake runs in the connection's own task, so a slow client cannot hold up
-        // the accept loop; plaintext or garbage fails it and the connection is closed.
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let run = move |stream: TcpStream| async move {
+            let Some(tls) = tls else {
+                let conn = Conn::new(timeouts);
+                let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
+                let connection = builder
+                    .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
+                    .into_owned();
+                return serve(peer, conn, slot, watcher.watch(connection)).await;
+            };
+            // The handshake runs in the connection's own task, so a slow client cannot hold
+            // up the accept loop; plaintext or garbage fails it and the connection is closed.
             let stream = match tls.accept(stream).await {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -442,9 +465,18 @@ async fn accept_loop(
                 .serve_connection(TokioIo::new(Watched::new(stream, conn.clone())), service)
                 .into_owned();
             serve(peer, conn, slot, watcher.watch(connection)).await;
-        });
+        };
+        match &workers {
+            Some(workers) => workers.serve(stream, peer, run),
+            None => drop(tokio::spawn(run(stream))),
+        }
     }
     graceful
+}
+
+/// The serving threads for `server.worker_threads`: one per CPU unless set.
+pub fn worker_threads(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// A new connection's deadlines under `config`. A response may take as long to send as the

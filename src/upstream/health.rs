@@ -56,7 +56,7 @@ async fn ping(cluster: Arc<Cluster>, index: usize, timeout: Duration) -> Result<
         )
         .body(Chunks::default())
         .expect("ping request is valid");
-    match tokio::time::timeout(timeout, cluster.client.request(request)).await {
+    match tokio::time::timeout(timeout, cluster.client().request(request)).await {
         Err(_) => Err("timed out".to_string()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(response)) if response.status().is_success() => Ok(()),

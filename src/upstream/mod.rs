@@ -88,10 +88,11 @@ impl Upstreams {
     }
 }
 
-/// A cluster's pooled keep-alive clients, speaking TLS to `https://` nodes: one for writes
-/// and pings (reading control bytes as spaces, see `spaced`), one for queries (whose answers
-/// pass byte for byte).
-fn clients(config: &ClusterConfig) -> (HttpClient, QueryClient) {
+/// A cluster's pooled keep-alive clients, speaking TLS to `https://` nodes: for writes and
+/// pings (reading control bytes as spaces, see `spaced`) one pool per serving thread and one
+/// for the rest (see [`Cluster::client`]), and one for queries (whose answers pass byte for
+/// byte).
+fn clients(config: &ClusterConfig) -> (Box<[HttpClient]>, QueryClient) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -113,10 +114,11 @@ fn clients(config: &ClusterConfig) -> (HttpClient, QueryClient) {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024);
     // InfluxDB's error header may carry any byte of a point; see `spaced`.
-    (
-        builder.build(Spacing(connector.clone())),
-        builder.build(connector),
-    )
+    let pools = 1 + std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writes = (0..pools)
+        .map(|_| builder.build(Spacing(connector.clone())))
+        .collect();
+    (writes, builder.build(connector))
 }
 
 /// One cluster: its nodes, credentials, retry policy and retry budget.
@@ -138,7 +140,9 @@ pub struct Cluster {
     /// Retries may add at most 20 % to recent requests (3 a second at least), so a sick
     /// cluster is not hit by a retry storm.
     budget: TpsBudget,
-    client: HttpClient,
+    /// Write pools: the first for threads that do not serve connections, then one per
+    /// serving thread.
+    clients: Box<[HttpClient]>,
     query_client: QueryClient,
 }
 
@@ -213,7 +217,7 @@ impl Accepted {
 
 impl Cluster {
     fn new(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Self {
-        let (client, query_client) = clients(config);
+        let (clients, query_client) = clients(config);
         let nodes = config
             .nodes
             .iter()
@@ -250,9 +254,17 @@ impl Cluster {
             retry_backoff: config.retry_backoff,
             health_check_interval: config.health_check_interval,
             budget: TpsBudget::new(Duration::from_secs(10), 3, 0.2),
-            client,
+            clients,
             query_client,
         }
+    }
+
+    /// The write client of this thread: a serving thread's own pool, so its upstream
+    /// connections are driven on the thread whose requests they carry (one pool for all would
+    /// wake another thread on every request); other threads share the first.
+    pub(crate) fn client(&self) -> &HttpClient {
+        let pool = crate::workers::current().map_or(0, |i| 1 + i % (self.clients.len() - 1));
+        &self.clients[pool]
     }
 
     /// Whether any node is healthy.
@@ -434,7 +446,7 @@ impl Cluster {
 
     async fn exchange(&self, request: Request<Chunks>) -> Result<Option<HeaderValue>, ProxyError> {
         let response = self
-            .client
+            .client()
             .request(request)
             .await
             .map_err(|e| self.send_error(e.into()))?;
