@@ -50,7 +50,6 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    purge_freed_memory_sooner();
     let args = Args::parse();
     let path = args
         .config
@@ -58,6 +57,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from("proxy.toml"));
     if let Some(Command::HashSecret { token }) = args.command {
         return hash_secret(token);
+    }
+    if args.command.is_none() {
+        purge_freed_memory_sooner();
     }
     let config = Config::load(&path);
     if let Some(Command::Check) = args.command {
@@ -109,14 +111,13 @@ fn main() -> ExitCode {
 
 /// How long mimalloc keeps freed memory before giving it back to the kernel, unless
 /// `MIMALLOC_PURGE_DELAY` is set. Its own default (1 s) holds what a burst of new
-/// connections frees while new requests take more: on the rig's 256-connection load the
-/// median peak RSS was 184 MB against 170 MB at 50 ms, for about 5 % more CPU (README,
-/// "Memory").
+/// connections frees while new requests take more (README, "Memory", has the figures).
 const PURGE_DELAY_MS: &str = "50";
 
 /// mimalloc reads its options once, when the process is loaded, and setting one afterwards
-/// takes `unsafe` FFI; so, when the variable is not set, the binary starts itself again
-/// with it, before anything else has happened (same PID, same arguments). If that fails
+/// takes `unsafe` FFI; so, when the variable is not set, the server starts itself again
+/// with it, before it has read its configuration (same PID, same arguments; `check` and
+/// `hash-secret` need no restart). If that fails
 /// (the binary was replaced on disk, say) it runs on with mimalloc's default.
 fn purge_freed_memory_sooner() {
     use std::os::unix::process::CommandExt;
