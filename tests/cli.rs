@@ -189,8 +189,9 @@ fn the_running_proxy_purges_freed_memory_after_50ms_unless_told_otherwise() {
             None => command.env_remove("MIMALLOC_PURGE_DELAY"),
         };
         let mut child = command.spawn().unwrap();
-        // The process replaces itself (the other tests here run through that restart);
-        // read its environment until the new image has the variable or it has exited.
+        // The process replaces itself (so does every test that starts the server, the
+        // SIGTERM test above among them); read its environment until the new image has
+        // the variable or it has exited.
         let path = format!("/proc/{}/environ", child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut found = None;
