@@ -128,7 +128,7 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
     assert!(log.contains("drained"), "{log}");
     // New connections are refused once draining started.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
-    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(upstream.forwarded().len(), 1);
 }
 
 #[test]

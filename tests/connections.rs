@@ -84,7 +84,7 @@ async fn idle_keep_alive_connections_outlive_header_read_timeout() {
         // against the default 10 s would be.
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
-    let writes = upstream.received();
+    let writes = upstream.forwarded();
     let writes = writes
         .iter()
         .filter(|r| r.uri.starts_with("/write"))
@@ -137,7 +137,7 @@ async fn a_request_head_must_arrive_within_header_read_timeout() {
     let closed = closed.expect("a dripping head is cut off");
     assert!(closed < Duration::from_secs(5), "{closed:?}");
     assert!(
-        upstream.received().is_empty(),
+        upstream.forwarded().is_empty(),
         "nothing reached the upstream"
     );
     proxy.stop().await;
@@ -167,7 +167,7 @@ async fn connections_that_start_like_http2_get_the_head_deadline_too() {
     let closed = drip_until_closed(&mut drip, std::iter::repeat_n(&b'X', 50), 200).await;
     assert!(closed.is_some(), "a dripping PRIX head is cut off");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
     proxy.stop().await;
 }
 
@@ -258,7 +258,7 @@ async fn connections_past_max_connections_get_a_503_and_the_others_keep_working(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut again = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(write_answered_204(&mut again).await);
-    let writes = upstream.received().len();
+    let writes = upstream.forwarded().len();
     assert_eq!(writes, 5, "the refused write never reached the upstream");
     proxy.stop().await;
 }
@@ -281,7 +281,7 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
             tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await;
         assert!(answer.starts_with("HTTP/1.1 204"), "write {i}: {answer:?}");
     }
-    assert_eq!(upstream.received().len(), 20, "each write forwarded once");
+    assert_eq!(upstream.forwarded().len(), 20, "each write forwarded once");
     proxy.stop().await;
 }
 

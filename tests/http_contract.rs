@@ -40,7 +40,7 @@ async fn success_is_an_empty_204_and_upstream_gets_only_known_parameters() {
     assert_eq!(response.headers()["x-influxdb-version"], "1.8.10-fake");
     assert!(response.text().await.unwrap().is_empty());
 
-    let received = upstream.received();
+    let received = upstream.forwarded();
     assert_eq!(received.len(), 1);
     let got = &received[0];
     assert_eq!(got.method, "POST");
@@ -70,7 +70,7 @@ async fn v2_writes_become_v1_writes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    let got = &upstream.received()[0];
+    let got = &upstream.forwarded()[0];
     assert_eq!(got.uri, "/write?db=metrics&rp=short&precision=u");
     assert!(
         got.headers.get("authorization").is_none(),
@@ -128,7 +128,7 @@ async fn bad_parameters_are_rejected_before_anything_is_forwarded() {
         body,
         serde_json::json!({"code": "invalid", "message": "bucket is required", "error": "bucket is required"})
     );
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -164,7 +164,7 @@ async fn unknown_paths_and_methods_get_404_and_405() {
     assert_eq!(expect_error(response, 405).await, "method not allowed");
     let response = client().delete(proxy.url("/ping")).send().await.unwrap();
     assert_eq!(expect_error(response, 405).await, "method not allowed");
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -235,7 +235,7 @@ async fn oversized_bodies_get_413_by_header_while_streaming_and_after_gunzip() {
         expect_error(response, 400).await,
         "unsupported Content-Encoding \"br\" (use gzip or identity)"
     );
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -255,7 +255,7 @@ async fn stalled_body_gets_408_and_nothing_is_forwarded() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request body stalled"), "{answer}");
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -279,7 +279,7 @@ async fn gzip_is_forwarded_compressed_unless_the_proxy_changed_the_body() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    let received = upstream.received();
+    let received = upstream.forwarded();
     assert_eq!(received[0].headers["content-encoding"], "gzip");
     assert_eq!(received[0].body, timed);
     assert!(received[1].headers.get("content-encoding").is_none());
@@ -376,7 +376,7 @@ async fn routes_send_matching_databases_to_their_cluster() {
         assert_eq!(response.status(), 204);
     }
     let dbs = |u: &Upstream| {
-        u.received()
+        u.forwarded()
             .iter()
             .map(|r| r.uri.clone())
             .collect::<Vec<_>>()
@@ -405,7 +405,7 @@ async fn nodes_of_a_cluster_share_the_writes() {
         assert_eq!(response.status(), 204);
     }
     // Equally idle nodes are picked at random.
-    let (to_a, to_b) = (a.received().len(), b.received().len());
+    let (to_a, to_b) = (a.forwarded().len(), b.forwarded().len());
     assert_eq!(to_a + to_b, 40);
     assert!(to_a >= 8 && to_b >= 8, "{to_a} / {to_b}");
 }
@@ -426,7 +426,7 @@ async fn request_ids_are_generated_and_forwarded() {
         .to_string();
     assert_eq!(id.len(), 36);
     assert_eq!(response.headers()["request-id"], id.as_str());
-    assert_eq!(upstream.received()[0].headers["x-request-id"], id.as_str());
+    assert_eq!(upstream.forwarded()[0].headers["x-request-id"], id.as_str());
     // Errors carry ids too, and the proxy's own version when no upstream answered.
     let response = client()
         .get(proxy.url("/nope"))
@@ -533,7 +533,7 @@ async fn h2c_prior_knowledge_clients_can_write() {
         .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 204);
-    assert_eq!(&upstream.received()[0].body[..], b"m v=1 1");
+    assert_eq!(&upstream.forwarded()[0].body[..], b"m v=1 1");
 }
 
 #[tokio::test]
@@ -590,7 +590,7 @@ async fn writers_that_do_not_fit_wait_their_turn_and_all_get_204() {
         assert_eq!(write.await.unwrap().unwrap().status(), 204);
     }
     let mut writers: Vec<String> = upstream
-        .received()
+        .forwarded()
         .iter()
         .map(|r| {
             String::from_utf8_lossy(&r.body)
@@ -625,5 +625,5 @@ async fn draining_finishes_in_flight_writes_and_turns_ready_503() {
     assert_eq!(client().get(&admin).send().await.unwrap().status(), 503);
     assert_eq!(write.await.unwrap().unwrap().status(), 204);
     stop.await.unwrap();
-    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(upstream.forwarded().len(), 1);
 }

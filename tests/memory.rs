@@ -99,7 +99,7 @@ async fn concurrent_gzip_bombs_get_413_within_the_budget_and_memory_comes_back()
         peak / MIB,
         idle / MIB
     );
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
     // Back near idle once the load is over.
     let mut after = rss(pid);
     for _ in 0..50 {
@@ -150,7 +150,7 @@ async fn many_gzip_writers_behind_a_slow_upstream_stay_inside_the_budget() {
     })
     .await;
     assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
-    assert_eq!(upstream.received().len(), 64);
+    assert_eq!(upstream.forwarded().len(), 64);
     assert!(
         peak < 32 * MIB + 64 * MIB,
         "peak RSS {} MiB (idle {} MiB, compressed body {} kB)",
@@ -302,7 +302,7 @@ async fn bodies_trickled_in_short_reads_are_held_at_their_own_size() {
         statuses.iter().all(|s| s == "HTTP/1.1 204 No Content"),
         "{statuses:?}"
     );
-    let received = upstream.received();
+    let received = upstream.forwarded();
     assert_eq!(received.len(), 10);
     assert!(received.iter().all(|r| r.body[..] == body[..]));
     assert!(

@@ -123,7 +123,7 @@ async fn https_is_served_over_http1_and_h2_with_alpn() {
         assert_eq!(response.status(), 204);
         assert_eq!(response.version(), version);
     }
-    assert_eq!(upstream.received().len(), 2);
+    assert_eq!(upstream.forwarded().len(), 2);
     assert_eq!(cert_expiry(&proxy).await, pki::new_year(2031) as f64);
     proxy.stop().await;
 }
@@ -147,7 +147,7 @@ async fn plaintext_and_garbage_on_the_tls_port_are_closed_cleanly() {
             "{answer:?}"
         );
     }
-    assert!(upstream.received().is_empty(), "nothing was forwarded");
+    assert!(upstream.forwarded().is_empty(), "nothing was forwarded");
     let response = https_client(&ca, None, false)
         .post(format!(
             "https://localhost:{}/write?db=a",
@@ -281,7 +281,7 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
     let response = send(https_client(&ca, Some(&member), false)).await.unwrap();
     assert_eq!(response.status(), 204);
     assert_eq!(
-        upstream.received().len(),
+        upstream.forwarded().len(),
         1,
         "only the trusted client got through"
     );
@@ -326,7 +326,7 @@ async fn https_nodes_are_verified_with_tls_ca_file_or_skipped_for_labs() {
         "an unknown CA is not trusted"
     );
     unverified.stop().await;
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 
     let with_ca = Proxy::start(&cluster(&format!(
         "tls_ca_file = \"{}/ca.crt\"",
@@ -339,7 +339,7 @@ async fn https_nodes_are_verified_with_tls_ca_file_or_skipped_for_labs() {
     let lab = Proxy::start(&cluster("tls_insecure_skip_verify = true")).await;
     assert_eq!(write(&lab).await, 204);
     lab.stop().await;
-    assert_eq!(upstream.received().len(), 2);
+    assert_eq!(upstream.forwarded().len(), 2);
 }
 
 // === metrics ===
@@ -479,7 +479,7 @@ async fn metrics_count_a_scripted_workload_with_bounded_labels() {
     );
     assert_eq!(get("inflight_requests", &[]), 1.0, "the scrape itself");
     assert_eq!(get("inflight_bytes", &[]), 0.0);
-    assert_eq!(upstream.received().len(), 52);
+    assert_eq!(upstream.forwarded().len(), 52);
 
     // A hard check: scripts/test.sh installs Debian's prometheus, which brings promtool.
     let promtool = which("promtool")
@@ -574,10 +574,10 @@ async fn sighup_swaps_tokens_and_routes_without_dropping_in_flight_requests() {
     );
     assert_eq!(write(TOKEN_B, "new v=1 1\n").await, 204);
     assert!(
-        other.received().iter().any(|r| r.body.starts_with(b"new")),
+        other.forwarded().iter().any(|r| r.body.starts_with(b"new")),
         "new route used"
     );
-    assert!(slow.received().iter().any(|r| r.body.starts_with(b"slow")));
+    assert!(slow.forwarded().iter().any(|r| r.body.starts_with(b"slow")));
 
     // An invalid file keeps the running configuration.
     std::fs::write(dir.path().join("proxy.toml"), "[server]\nlisten = 12\n").unwrap();

@@ -42,7 +42,7 @@ async fn write(proxy: &Proxy, body: &str) -> reqwest::Response {
 
 fn writes(upstream: &Upstream) -> usize {
     upstream
-        .received()
+        .forwarded()
         .iter()
         .filter(|r| r.uri.starts_with("/write"))
         .count()
@@ -69,7 +69,7 @@ async fn reset_mid_body_is_retried_on_another_node() {
     for _ in 0..4 {
         assert_eq!(write(&proxy, &body).await.status(), 204);
     }
-    let received = ok.received();
+    let received = ok.forwarded();
     assert_eq!(received.len(), 4);
     assert!(
         received.iter().all(|r| r.body == body.as_bytes()),
@@ -313,7 +313,7 @@ async fn mirrors_get_every_write_without_delaying_or_failing_the_client() {
         2,
         "the mirror retries within its own policy"
     );
-    assert_eq!(backup.received()[0].body, primary.received()[0].body);
+    assert_eq!(backup.forwarded()[0].body, primary.forwarded()[0].body);
     let samples = support::scrape(&proxy.url("/metrics")).await;
     let failures = "influx_write_proxy_mirror_failures_total";
     assert_eq!(

@@ -119,7 +119,7 @@ async fn every_credential_form_reaches_its_databases_and_upstream_sees_only_clus
         let response = request.body(format!("m v={i} {i}")).send().await.unwrap();
         assert_eq!(response.status(), 204, "case {i} ({db})");
     }
-    let received = upstream.received();
+    let received = upstream.forwarded();
     assert_eq!(received.len(), 8);
     for got in &received {
         assert_eq!(
@@ -206,7 +206,7 @@ async fn every_kind_of_credential_failure_gets_the_same_401_and_nothing_is_forwa
             .all(|b| b == "{\"error\":\"authorization failed\"}\n"),
         "{bodies:?}"
     );
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -242,7 +242,7 @@ async fn every_guarded_endpoint_refuses_a_request_without_credentials() {
         let response = client().get(proxy.url(endpoint.path)).send().await.unwrap();
         assert_ne!(response.status(), 401, "{}", endpoint.path);
     }
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -293,7 +293,7 @@ async fn principals_get_403_outside_their_databases_before_the_body_is_read() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 
     // CREATE DATABASE is answered only for databases the principal may write (after a pause:
     // this token may send 2 requests a second).
@@ -347,7 +347,7 @@ async fn principal_over_its_rate_gets_429_and_others_do_not() {
         204,
         "others are not limited"
     );
-    assert_eq!(upstream.received().len(), 5);
+    assert_eq!(upstream.forwarded().len(), 5);
 
     // Bytes: 1000/s with a 2 s burst; one write larger than the burst can never pass.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -395,7 +395,7 @@ async fn repeated_failed_logins_from_one_address_are_throttled() {
         .unwrap();
     assert_eq!(response.status(), 429);
     assert!(started.elapsed() < Duration::from_millis(500));
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 #[tokio::test]
@@ -416,16 +416,16 @@ async fn conflicting_content_length_and_transfer_encoding_never_smuggle_a_reques
     // the bytes after the chunked body are never read as a request.
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
-    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(upstream.forwarded().len(), 1);
     assert!(
         upstream
-            .received()
+            .forwarded()
             .iter()
             .all(|r| !r.uri.contains("smuggled")),
         "{:?}",
-        upstream.received()
+        upstream.forwarded()
     );
-    for got in upstream.received() {
+    for got in upstream.forwarded() {
         assert!(
             !String::from_utf8_lossy(&got.body).contains("POST"),
             "a request inside a body was forwarded"
@@ -464,7 +464,7 @@ async fn oversized_headers_are_refused() {
         "{}",
         &answer[..answer.len().min(200)]
     );
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 /// The real binary at trace level, JSON logs: no secret a client or the config holds shows
@@ -615,7 +615,7 @@ async fn concurrent_guesses_from_one_address_cannot_outrun_the_login_throttle() 
         "{statuses:?}"
     );
     assert_eq!(
-        upstream.received().len(),
+        upstream.forwarded().len(),
         statuses.iter().filter(|&&s| s == 204).count()
     );
 }
@@ -723,7 +723,7 @@ async fn a_401_takes_as_long_for_an_unknown_user_as_for_argon2_and_plain_passwor
             "{user}: median {m:?} against {unknown:?} for an unknown user (medians {medians:?})"
         );
     }
-    assert!(upstream.received().is_empty());
+    assert!(upstream.forwarded().is_empty());
 }
 
 /// The status of a write to `url` with a JWT of `claims` signed with the configured secret.
@@ -758,7 +758,7 @@ async fn jwts_not_yet_valid_or_issued_in_the_future_are_refused() {
     for (claims, status) in &cases {
         assert_eq!(write_with_jwt(&url, claims).await, *status, "{claims}");
     }
-    assert_eq!(upstream.received().len(), 2);
+    assert_eq!(upstream.forwarded().len(), 2);
 
     // A leeway allows that much clock skew, and no more.
     let upstream = Upstream::start(|_| Reply::ok()).await;

@@ -202,7 +202,7 @@ async fn consistency_any_writes_are_spooled_while_down_and_replayed_in_order() {
     assert_eq!(metric(&metrics, "spool_bytes", DEFAULT).await, 0.0);
     assert_eq!(spool_writes(&metrics, "replayed").await, 20.0);
     // Replayed writes went with the original query.
-    let replayed = node.upstream.received();
+    let replayed = node.upstream.forwarded();
     let last = replayed
         .iter()
         .rev()

@@ -148,8 +148,16 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
-    pub fn received(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
+    /// What reached this upstream on a client's behalf: everything but the proxy's own
+    /// `GET /ping` health checks, which arrive every `health_check_interval` (5 s by
+    /// default) however long a test runs.
+    pub fn forwarded(&self) -> Vec<Recorded> {
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|r| !(r.method == "GET" && r.uri.starts_with("/ping")))
+            .cloned()
+            .collect()
     }
 }
 
