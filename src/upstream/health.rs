@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
 
 use super::node::{Node, Transition};
 use super::Cluster;
@@ -34,6 +35,7 @@ where
         let Some(cluster) = cluster.upgrade() else {
             return;
         };
+        cluster.writes.reap();
         let nodes = cluster.nodes.load_full();
         let timeout = interval.min(cluster.timeout).min(MAX_CHECK_TIMEOUT);
         let probes = (0..nodes.len()).map(|i| probe(cluster.clone(), i, timeout));
@@ -56,11 +58,24 @@ async fn ping(cluster: Arc<Cluster>, index: usize, timeout: Duration) -> Result<
         )
         .body(Chunks::default())
         .expect("ping request is valid");
-    match tokio::time::timeout(timeout, cluster.client().request(request)).await {
+    let answer = async {
+        let (response, lease) = cluster.writes.send(index, request).await?;
+        let status = response.status();
+        // A ping's answer is empty; a connection whose answer is not goes unused again.
+        if Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .is_ok()
+        {
+            lease.release();
+        }
+        Ok::<_, crate::error::BoxError>(status)
+    };
+    match tokio::time::timeout(timeout, answer).await {
         Err(_) => Err("timed out".to_string()),
         Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("status {}", response.status())),
+        Ok(Ok(status)) if status.is_success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("status {status}")),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod health;
 pub mod node;
+mod pool;
 mod read;
 pub mod retry;
 mod spaced;
@@ -41,7 +42,6 @@ use spaced::Spacing;
 /// so a large batch's error runs to hundreds of kilobytes.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
-type HttpClient = Client<Spacing<HttpsConnector<HttpConnector>>, Chunks>;
 type QueryClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
 /// Finds a cluster of the running configuration by name.
@@ -88,11 +88,10 @@ impl Upstreams {
     }
 }
 
-/// A cluster's pooled keep-alive clients, speaking TLS to `https://` nodes: for writes and
-/// pings (reading control bytes as spaces, see `spaced`) one pool per serving thread and one
-/// for the rest (see [`Cluster::client`]), and one for queries (whose answers pass byte for
-/// byte).
-fn clients(config: &ClusterConfig) -> (Box<[HttpClient]>, QueryClient) {
+/// A cluster's keep-alive connections, speaking TLS to `https://` nodes: for writes and
+/// pings (reading control bytes as spaces, see `spaced`) the pools of `pool`, and for
+/// queries (whose answers pass byte for byte) hyper-util's client.
+fn clients(config: &ClusterConfig) -> (pool::Pools, QueryClient) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -114,10 +113,7 @@ fn clients(config: &ClusterConfig) -> (Box<[HttpClient]>, QueryClient) {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024);
     // InfluxDB's error header may carry any byte of a point; see `spaced`.
-    let pools = 1 + std::thread::available_parallelism().map_or(1, |n| n.get());
-    let writes = (0..pools)
-        .map(|_| builder.build(Spacing(connector.clone())))
-        .collect();
+    let writes = pool::Pools::new(Spacing(connector.clone()), config.nodes.len());
     (writes, builder.build(connector))
 }
 
@@ -140,9 +136,8 @@ pub struct Cluster {
     /// Retries may add at most 20 % to recent requests (3 a second at least), so a sick
     /// cluster is not hit by a retry storm.
     budget: TpsBudget,
-    /// Write pools: the first for threads that do not serve connections, then one per
-    /// serving thread.
-    clients: Box<[HttpClient]>,
+    /// Connections for writes and pings.
+    writes: pool::Pools,
     query_client: QueryClient,
 }
 
@@ -217,7 +212,7 @@ impl Accepted {
 
 impl Cluster {
     fn new(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Self {
-        let (clients, query_client) = clients(config);
+        let (writes, query_client) = clients(config);
         let nodes = config
             .nodes
             .iter()
@@ -254,17 +249,9 @@ impl Cluster {
             retry_backoff: config.retry_backoff,
             health_check_interval: config.health_check_interval,
             budget: TpsBudget::new(Duration::from_secs(10), 3, 0.2),
-            clients,
+            writes,
             query_client,
         }
-    }
-
-    /// The write client of this thread: a serving thread's own pool, so its upstream
-    /// connections are driven on the thread whose requests they carry (one pool for all would
-    /// wake another thread on every request); other threads share the first.
-    pub(crate) fn client(&self) -> &HttpClient {
-        let pool = crate::workers::current().map_or(0, |i| 1 + i % (self.clients.len() - 1));
-        &self.clients[pool]
     }
 
     /// Whether any node is healthy.
@@ -366,7 +353,7 @@ impl Cluster {
                 let _inflight = node.start();
                 let request = self.request(node, &uri_tail, &forward)?;
                 let started = std::time::Instant::now();
-                let outcome = self.per_try(self.exchange(request)).await;
+                let outcome = self.per_try(self.exchange(index, request)).await;
                 self.observe(node, &outcome, started.elapsed());
                 outcome
             };
@@ -444,26 +431,34 @@ impl Cluster {
         Ok(request)
     }
 
-    async fn exchange(&self, request: Request<Chunks>) -> Result<Option<HeaderValue>, ProxyError> {
-        let response = self
-            .client()
-            .request(request)
+    /// One try of `request` on node `index`: its status, and InfluxDB's version header.
+    async fn exchange(
+        &self,
+        index: usize,
+        request: Request<Chunks>,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        let (response, lease) = self
+            .writes
+            .send(index, request)
             .await
-            .map_err(|e| self.send_error(e.into()))?;
+            .map_err(|e| self.send_error(e))?;
         let (parts, body) = response.into_parts();
         let version = parts.headers.get("x-influxdb-version").cloned();
         if parts.status.is_success() {
-            // Read the (normally empty) body to the end so the connection goes back to the pool.
+            // Read the (normally empty) body to the end so the connection can carry another.
             body.collect()
                 .await
                 .map_err(|e| self.send_error(e.into()))?;
+            lease.release();
             return Ok(version);
         }
-        let bytes = Limited::new(body, MAX_ERROR_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let bytes = match Limited::new(body, MAX_ERROR_BODY).collect().await {
+            Ok(bytes) => {
+                lease.release();
+                bytes.to_bytes()
+            }
+            Err(_) => Default::default(),
+        };
         let message = upstream_message(parts.status, &parts.headers, &bytes);
         Err(ProxyError::Upstream {
             status: parts.status,
