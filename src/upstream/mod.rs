@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use base64::Engine;
+use futures_util::FutureExt;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -281,18 +282,20 @@ impl Cluster {
         }
     }
 
-    /// One try bounded by the cluster's per-try `timeout`.
-    async fn per_try<T>(
-        &self,
-        attempt: impl std::future::Future<Output = Result<T, ProxyError>>,
-    ) -> Result<T, ProxyError> {
-        tokio::time::timeout(self.timeout, attempt)
-            .await
-            .unwrap_or_else(|_| {
+    /// One try bounded by the cluster's per-try `timeout`. A combinator, not an `async fn`:
+    /// that would hold `attempt` twice (as its argument and inside the timeout), and every
+    /// byte of a request's future is copied each time it is moved into the next one.
+    fn per_try<'a, T>(
+        &'a self,
+        attempt: impl std::future::Future<Output = Result<T, ProxyError>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T, ProxyError>> + 'a {
+        tokio::time::timeout(self.timeout, attempt).map(move |outcome| {
+            outcome.unwrap_or_else(|_| {
                 Err(ProxyError::UpstreamTimeout {
                     cluster: self.name.clone(),
                 })
             })
+        })
     }
 
     /// A try on `node` failed for a retriable reason: counted towards ejecting it.
@@ -327,15 +330,15 @@ impl Cluster {
             .observe(took.as_secs_f64());
     }
 
-    /// `write` within `timeout` for all its tries together (the request's `request_timeout`).
-    pub async fn write_within(
+    /// `write` within `timeout` for all its tries together (the request's `request_timeout`);
+    /// a combinator for the reason `per_try` is.
+    pub fn write_within(
         &self,
         timeout: Duration,
         forward: Forward,
-    ) -> Result<Accepted, ProxyError> {
+    ) -> impl std::future::Future<Output = Result<Accepted, ProxyError>> + '_ {
         tokio::time::timeout(timeout, self.write(forward))
-            .await
-            .unwrap_or(Err(ProxyError::RequestTimeout))
+            .map(|outcome| outcome.unwrap_or(Err(ProxyError::RequestTimeout)))
     }
 
     /// Delivers the write, retrying as `retry::classify` allows.

@@ -103,7 +103,9 @@ impl Pools {
                 },
             }
         }
-        let mut sender = self.connect(address).await?;
+        // Boxed: connecting (TCP, TLS, handshake) is a large future that most tries never
+        // need, and every byte of it would be moved with each request's future.
+        let mut sender = Box::pin(self.connect(address)).await?;
         let response = sender.send_request(request).await?;
         Ok((response, self.lease(pool, node, sender)))
     }
