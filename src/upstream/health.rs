@@ -48,10 +48,13 @@ where
 
 /// `GET /ping`: any 2xx within `timeout` passes.
 async fn ping(cluster: Arc<Cluster>, index: usize, timeout: Duration) -> Result<(), String> {
-    let nodes = cluster.nodes.load();
+    let uri = cluster
+        .writes
+        .uri(index, "ping", "")
+        .map_err(|e| e.to_string())?;
     let request = Request::builder()
         .method(Method::GET)
-        .uri(format!("{}ping", nodes[index].base_url))
+        .uri(uri)
         .header(
             "user-agent",
             concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),

@@ -21,7 +21,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use futures_util::FutureExt;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT,
+};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper_rustls::HttpsConnector;
@@ -42,6 +44,11 @@ use spaced::Spacing;
 /// Longest upstream error body read to pass its message on: InfluxDB lists every bad line,
 /// so a large batch's error runs to hundreds of kilobytes.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
+
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const OWN_USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")));
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 type QueryClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
@@ -114,7 +121,7 @@ fn clients(config: &ClusterConfig) -> (pool::Pools, QueryClient) {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024);
     // InfluxDB's error header may carry any byte of a point; see `spaced`.
-    let writes = pool::Pools::new(Spacing(connector.clone()), config.nodes.len());
+    let writes = pool::Pools::new(Spacing(connector.clone()), &config.nodes);
     (writes, builder.build(connector))
 }
 
@@ -354,7 +361,7 @@ impl Cluster {
             let node = &nodes[index];
             let outcome = {
                 let _inflight = node.start();
-                let request = self.request(node, &uri_tail, &forward)?;
+                let request = self.request(index, &uri_tail, &forward)?;
                 let started = std::time::Instant::now();
                 let outcome = self.per_try(self.exchange(index, request)).await;
                 self.observe(node, &outcome, started.elapsed());
@@ -396,40 +403,35 @@ impl Cluster {
 
     fn request(
         &self,
-        node: &Node,
+        node: usize,
         query: &str,
         forward: &Forward,
     ) -> Result<Request<Chunks>, ProxyError> {
-        let uri: Uri = format!("{}write?{query}", node.base_url)
-            .parse()
-            .map_err(|e| ProxyError::UpstreamUnavailable {
-                cluster: self.name.clone(),
-                source: Box::new(e),
-            })?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(
-                USER_AGENT,
-                concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("x-request-id", forward.request_id.clone())
-            .body(forward.body.clone())
-            .expect("request parts are valid");
+        let uri =
+            self.writes
+                .uri(node, "write", query)
+                .map_err(|e| ProxyError::UpstreamUnavailable {
+                    cluster: self.name.clone(),
+                    source: Box::new(e),
+                })?;
+        // Built in place (a `Request::builder` moves its parts through every `header` call).
+        let mut request = Request::new(forward.body.clone());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(6);
+        headers.insert(CONTENT_TYPE, TEXT_PLAIN.clone());
+        headers.insert(USER_AGENT, OWN_USER_AGENT.clone());
+        headers.insert(X_REQUEST_ID, forward.request_id.clone());
         if forward.gzip {
-            request
-                .headers_mut()
-                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let authorization = match &forward.credentials {
             Credentials::Cluster => self.credentials.as_ref(),
             Credentials::Client(client) => client.as_ref(),
         };
         if let Some(authorization) = authorization {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, authorization.clone());
+            headers.insert(AUTHORIZATION, authorization.clone());
         }
         Ok(request)
     }

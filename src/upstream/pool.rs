@@ -39,10 +39,21 @@ struct Idle {
     since: Instant,
 }
 
+/// Where one node is reached, worked out once rather than per request.
+struct Target {
+    /// `scheme://authority/`, what the connector opens.
+    address: Uri,
+    /// The `Host` header of every request to it.
+    host: HeaderValue,
+    /// The node's path prefix with its trailing `/` (`/` when it has none).
+    prefix: String,
+}
+
 /// The write pools of one cluster: the first for threads that do not serve connections,
 /// then one per serving thread; each holds, per node index, idle connections newest last.
 pub(super) struct Pools {
     connector: Connector,
+    targets: Box<[Target]>,
     pools: Box<[Mutex<Vec<Vec<Idle>>>]>,
 }
 
@@ -69,12 +80,36 @@ impl Lease<'_> {
 }
 
 impl Pools {
-    pub(super) fn new(connector: Connector, nodes: usize) -> Self {
+    /// Pools for `nodes` (absolute URIs, validated by the configuration).
+    pub(super) fn new(connector: Connector, nodes: &[Uri]) -> Self {
+        let targets = nodes.iter().map(target).collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pools = (0..=threads)
-            .map(|_| Mutex::new((0..nodes).map(|_| Vec::new()).collect()))
+            .map(|_| Mutex::new((0..nodes.len()).map(|_| Vec::new()).collect()))
             .collect();
-        Self { connector, pools }
+        Self {
+            connector,
+            targets,
+            pools,
+        }
+    }
+
+    /// The origin-form URI of `path` (relative, e.g. `write`) and `query` on node `node`.
+    pub(super) fn uri(
+        &self,
+        node: usize,
+        path: &str,
+        query: &str,
+    ) -> Result<Uri, http::uri::InvalidUri> {
+        let prefix = &self.targets[node].prefix;
+        let mut text = String::with_capacity(prefix.len() + path.len() + 1 + query.len());
+        text.push_str(prefix);
+        text.push_str(path);
+        if !query.is_empty() {
+            text.push('?');
+            text.push_str(query);
+        }
+        Ok(Uri::from(PathAndQuery::try_from(text)?))
     }
 
     /// The pool of this thread: a serving thread's own, so its upstream connections are
@@ -84,15 +119,16 @@ impl Pools {
         crate::workers::current().map_or(0, |i| 1 + i % (self.pools.len() - 1))
     }
 
-    /// Sends `request` (its URI absolute, naming node `node`) on a pooled connection, or a
-    /// new one. A request that a reused connection closed before taking is sent again on a
-    /// new connection, as it never left.
+    /// Sends `request` (its URI from [`Pools::uri`]) to node `node` on a pooled connection,
+    /// or a new one. A request that a reused connection closed before taking is sent again
+    /// on a new connection, as it never left.
     pub(super) async fn send(
         &self,
         node: usize,
         mut request: Request<Chunks>,
     ) -> Result<(Response<Incoming>, Lease<'_>), BoxError> {
-        let address = origin_form(&mut request)?;
+        let target = &self.targets[node];
+        request.headers_mut().insert(HOST, target.host.clone());
         let pool = self.current();
         if let Some(mut sender) = self.checkout(pool, node).await {
             match sender.try_send_request(request).await {
@@ -105,7 +141,7 @@ impl Pools {
         }
         // Boxed: connecting (TCP, TLS, handshake) is a large future that most tries never
         // need, and every byte of it would be moved with each request's future.
-        let mut sender = Box::pin(self.connect(address)).await?;
+        let mut sender = Box::pin(self.connect(target.address.clone())).await?;
         let response = sender.send_request(request).await?;
         Ok((response, self.lease(pool, node, sender)))
     }
@@ -177,25 +213,22 @@ impl Pools {
     }
 }
 
-/// Turns `request`'s absolute URI into origin form with a `Host` header, as HTTP/1.1 sends
-/// it, and returns `scheme://authority` to connect to.
-fn origin_form(request: &mut Request<Chunks>) -> Result<Uri, BoxError> {
-    let uri = request.uri();
-    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-        return Err(format!("upstream URI {uri} is not absolute").into());
-    };
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let host = HeaderValue::from_str(authority.as_str())?;
-    *request.uri_mut() = Uri::from(path);
-    request.headers_mut().entry(HOST).or_insert(host);
-    Ok(Uri::builder()
-        .scheme(scheme)
+/// Where `node` is reached: its address, `Host` and path prefix.
+fn target(node: &Uri) -> Target {
+    let authority = node.authority().map_or("", |a| a.as_str());
+    let address = Uri::builder()
+        .scheme(node.scheme_str().unwrap_or("http"))
         .authority(authority)
         .path_and_query("/")
-        .build()?)
+        .build()
+        .expect("node URIs are validated by the configuration");
+    let host = HeaderValue::from_str(authority).expect("an authority is a valid header");
+    let path = node.path().trim_end_matches('/');
+    Target {
+        address,
+        host,
+        prefix: format!("{path}/"),
+    }
 }
 
 #[cfg(test)]
@@ -208,7 +241,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    fn pools() -> Pools {
+    fn connector() -> Connector {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -220,13 +253,19 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Pools::new(Spacing(https), 1)
+        Spacing(https)
     }
 
-    fn get(address: std::net::SocketAddr) -> Request<Chunks> {
+    /// Pools for the one node at `address`, under the path prefix `/influx`.
+    fn pools_for(address: std::net::SocketAddr) -> Pools {
+        let node: Uri = format!("http://{address}/influx").parse().unwrap();
+        Pools::new(connector(), &[node])
+    }
+
+    fn get(pools: &Pools) -> Request<Chunks> {
         Request::builder()
             .method(Method::GET)
-            .uri(format!("http://{address}/ping?x=1"))
+            .uri(pools.uri(0, "ping", "x=1").unwrap())
             .body(Chunks::default())
             .unwrap()
     }
@@ -281,9 +320,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_given_back_carries_the_next_request_in_origin_form() {
         let (address, connections, heads) = server(usize::MAX).await;
-        let pools = pools();
+        let pools = pools_for(address);
         for _ in 0..3 {
-            let (response, lease) = pools.send(0, get(address)).await.unwrap();
+            let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
             assert_eq!(response.status(), 204);
             response.into_body().collect().await.unwrap();
             lease.release();
@@ -293,16 +332,19 @@ mod tests {
         let heads = heads.lock().unwrap();
         assert_eq!(heads.len(), 3);
         let first = heads[0].to_ascii_lowercase();
-        assert!(first.starts_with("get /ping?x=1 http/1.1\r\n"), "{first}");
+        assert!(
+            first.starts_with("get /influx/ping?x=1 http/1.1\r\n"),
+            "{first}"
+        );
         assert!(first.contains(&format!("host: {address}\r\n")), "{first}");
     }
 
     #[tokio::test]
     async fn a_connection_not_given_back_is_not_reused() {
         let (address, connections, _) = server(usize::MAX).await;
-        let pools = pools();
+        let pools = pools_for(address);
         for _ in 0..2 {
-            let (response, lease) = pools.send(0, get(address)).await.unwrap();
+            let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
             assert_eq!(response.status(), 204);
             drop(lease);
         }
@@ -313,9 +355,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_replaced_without_an_error() {
         let (address, connections, _) = server(1).await;
-        let pools = pools();
+        let pools = pools_for(address);
         for _ in 0..3 {
-            let (response, lease) = pools.send(0, get(address)).await.unwrap();
+            let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
             assert_eq!(response.status(), 204);
             response.into_body().collect().await.unwrap();
             lease.release();
@@ -328,8 +370,8 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let (address, _, _) = server(usize::MAX).await;
-        let pools = pools();
-        let (response, lease) = pools.send(0, get(address)).await.unwrap();
+        let pools = pools_for(address);
+        let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
         response.into_body().collect().await.unwrap();
         lease.release();
         let given_back = Instant::now();
