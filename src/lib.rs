@@ -14,6 +14,7 @@ pub mod influxql;
 pub mod limit;
 pub mod lineproto;
 pub mod log_fields;
+pub mod log_time;
 pub mod metrics;
 pub mod rewrite;
 pub mod server;

@@ -181,6 +181,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_env_filter(filter)
         // Colours only for a person at a terminal, never in journald or a log file.
         .with_ansi(std::io::stderr().is_terminal())
+        .with_timer(influx_write_proxy::log_time::Rfc3339Micros)
         .with_writer(writer);
     match format {
         LogFormat::Text => builder
