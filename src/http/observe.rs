@@ -172,7 +172,8 @@ fn access_log<RB>(
         .unwrap_or("-");
     let status = response.status().as_u16();
     let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
-    let client = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let ip = peer.map(|p| IpText::of(p.ip()));
+    let client = ip.as_ref().map_or("", IpText::as_str);
     let empty = WriteDetails::default();
     let w = response
         .extensions()
@@ -206,5 +207,76 @@ fn access_log<RB>(
         line!(tracing::Level::DEBUG);
     } else {
         line!(tracing::Level::INFO);
+    }
+}
+
+/// An address as `Display` writes it, put together on the stack: `to_string` was an
+/// allocation and a `write!` per octet for every access-log line.
+struct IpText {
+    bytes: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: std::net::IpAddr) -> Self {
+        let mut text = IpText {
+            bytes: [0; 45],
+            len: 0,
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut cursor = std::io::Cursor::new(&mut text.bytes[..]);
+                let _ = write!(cursor, "{v6}");
+                text.len = cursor.position() as usize;
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("an address is ASCII")
+    }
+}
+
+#[cfg(test)]
+mod ip_text_tests {
+    use super::IpText;
+    use std::net::IpAddr;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for text in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.168.1.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string(), "{text}");
+        }
     }
 }
