@@ -99,6 +99,26 @@ async fn stalled_node_is_retried_elsewhere_and_504_when_every_try_times_out() {
 }
 
 #[tokio::test]
+async fn request_timeout_ends_the_tries_however_many_are_left() {
+    let (stall, _a) = raw_upstream(Raw::Stall).await;
+    let (stall2, _b) = raw_upstream(Raw::Stall).await;
+    let proxy = Proxy::start(&format!(
+        "[server]\nrequest_timeout = \"700ms\"\n[clusters.default]\nnodes = [{stall:?}, {stall2:?}]\n\
+         timeout = \"300ms\"\nretry_backoff = \"5ms\"\nmax_retries = 10\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let message = expect_error(write(&proxy, "m v=1 1").await, 504).await;
+    let took = started.elapsed();
+    assert_eq!(message, "request timed out");
+    // Eleven tries of 300 ms would take 3.3 s; the request's deadline comes first.
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn transient_503_is_retried_on_the_same_node_when_it_is_the_only_one() {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();

@@ -337,19 +337,30 @@ impl Cluster {
             .observe(took.as_secs_f64());
     }
 
-    /// `write` within `timeout` for all its tries together (the request's `request_timeout`);
-    /// a combinator for the reason `per_try` is.
-    pub fn write_within(
+    /// `write` within `timeout` for all its tries together (the request's `request_timeout`):
+    /// past it, 408 `RequestTimeout`.
+    pub async fn write_within(
         &self,
         timeout: Duration,
         forward: Forward,
-    ) -> impl std::future::Future<Output = Result<Accepted, ProxyError>> + '_ {
-        tokio::time::timeout(timeout, self.write(forward))
-            .map(|outcome| outcome.unwrap_or(Err(ProxyError::RequestTimeout)))
+    ) -> Result<Accepted, ProxyError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.write_until(Some(deadline), forward).await
     }
 
-    /// Delivers the write, retrying as `retry::classify` allows.
+    /// Delivers the write, retrying as `retry::classify` allows, with no deadline of its own.
     pub async fn write(&self, forward: Forward) -> Result<Accepted, ProxyError> {
+        self.write_until(None, forward).await
+    }
+
+    /// `write`, given up with `RequestTimeout` at `deadline`. One timer runs per try, until
+    /// the per-try `timeout` or the deadline, whichever comes first: a timer costs as much
+    /// to arm and poll as a 10-line body costs to check.
+    async fn write_until(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        forward: Forward,
+    ) -> Result<Accepted, ProxyError> {
         self.budget.deposit();
         let nodes = self.nodes.load_full();
         let uri_tail = forward.params.upstream_query();
@@ -362,8 +373,20 @@ impl Cluster {
             let outcome = {
                 let _inflight = node.start();
                 let request = self.request(index, &uri_tail, &forward)?;
-                let started = std::time::Instant::now();
-                let outcome = self.per_try(self.exchange(index, request)).await;
+                let started = tokio::time::Instant::now();
+                let per_try = started + self.timeout;
+                let (until, last) = match deadline {
+                    Some(deadline) if deadline <= per_try => (deadline, true),
+                    _ => (per_try, false),
+                };
+                let outcome =
+                    match tokio::time::timeout_at(until, self.exchange(index, request)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) if last => return Err(ProxyError::RequestTimeout),
+                        Err(_) => Err(ProxyError::UpstreamTimeout {
+                            cluster: self.name.clone(),
+                        }),
+                    };
                 self.observe(node, &outcome, started.elapsed());
                 outcome
             };
@@ -397,7 +420,14 @@ impl Cluster {
             }
             tracing::debug!(cluster = %self.name, node = %node.name, reason = reason.as_str(), retry = retries + 1, "retrying");
             self.retries.inc();
-            tokio::time::sleep(retry::backoff(self.retry_backoff, retries)).await;
+            let resume = tokio::time::Instant::now() + retry::backoff(self.retry_backoff, retries);
+            match deadline {
+                Some(deadline) if deadline <= resume => {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(ProxyError::RequestTimeout);
+                }
+                _ => tokio::time::sleep_until(resume).await,
+            }
         }
     }
 
