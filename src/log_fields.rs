@@ -95,6 +95,13 @@ impl Visit for Visitor<'_> {
         });
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, |out| match Millis::of(value) {
+            Some(millis) => millis.write(&mut out.0),
+            None => write!(out, "{value:?}"),
+        });
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.field(field, |out| {
             out.0.write_str(if value { "true" } else { "false" })
@@ -103,6 +110,50 @@ impl Visit for Visitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.field(field, |out| write!(out, "{value:?}"));
+    }
+}
+
+/// A number with at most three decimals and less than 10^12 (the access log's
+/// `duration_ms`, rounded to microseconds), written as `{:?}` writes it without float
+/// formatting, which was a thousand instructions a line: below 10^12 a double is less than
+/// 10^-3 from its neighbours, so the three-decimal number it was made from is its shortest
+/// representation.
+struct Millis {
+    whole: u64,
+    thousandths: u64,
+}
+
+impl Millis {
+    fn of(value: f64) -> Option<Millis> {
+        if !(0.0..1e12).contains(&value) {
+            return None;
+        }
+        let scaled = (value * 1000.0).round();
+        if scaled / 1000.0 != value {
+            return None;
+        }
+        let scaled = scaled as u64;
+        Some(Millis {
+            whole: scaled / 1000,
+            thousandths: scaled % 1000,
+        })
+    }
+
+    fn write(&self, out: &mut Writer<'_>) -> fmt::Result {
+        out.write_str(itoa::Buffer::new().format(self.whole))?;
+        let digits = [
+            b'0' + (self.thousandths / 100) as u8,
+            b'0' + (self.thousandths / 10 % 10) as u8,
+            b'0' + (self.thousandths % 10) as u8,
+        ];
+        let used = match self.thousandths {
+            0 => 1,
+            t if t % 100 == 0 => 1,
+            t if t % 10 == 0 => 2,
+            _ => 3,
+        };
+        out.write_char('.')?;
+        out.write_str(std::str::from_utf8(&digits[..used]).expect("digits are ASCII"))
     }
 }
 
@@ -216,5 +267,32 @@ mod tests {
         });
         assert!(quoted.contains(r#"name="a \"b\" \\ é""#), "{quoted}");
         assert!(!ours.contains('\x1b'), "{ours}");
+    }
+
+    #[test]
+    fn milliseconds_read_as_debug_writes_them() {
+        let ours = |value: f64| line(PlainFields, || tracing::info!(duration_ms = value, "x"));
+        let mut values = vec![0.0, 0.001, 0.01, 0.08, 0.1, 0.5, 1.0, 1.359, 19.45, 100.0];
+        values.extend([999.999, 1234.5, 60_000.0, 86_400_000.001, 999_999_999.999]);
+        // As the access log makes them (`observe.rs`): every microsecond below 3 ms, and a
+        // spread of larger durations.
+        values.extend((0..3000).map(|us| (us as f64 / 1e6 * 1e6).round() / 1e3));
+        values.extend((0..2000u64).map(|i| ((i * 7_919_993) % 100_000_000) as f64 / 1e3));
+        // Not made by rounding to microseconds: written by `{:?}` itself.
+        values.extend([
+            0.0001,
+            1e-7,
+            1.0 / 3.0,
+            2.5e12,
+            1e17,
+            f64::NAN,
+            -1.5,
+            f64::INFINITY,
+        ]);
+        for value in values {
+            let line = ours(value);
+            let expected = format!(" duration_ms={value:?}\n");
+            assert!(line.ends_with(&expected), "{value:?}: {line}");
+        }
     }
 }
