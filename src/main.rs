@@ -43,7 +43,7 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -177,10 +177,15 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             64 * 1024,
             std::io::stderr(),
         ));
+    // Colours only for a person at a terminal, never in journald or a log file.
+    let ansi = std::io::stderr().is_terminal();
+    if format == LogFormat::Text && !ansi {
+        // Access lines are written straight to the same writer (see `log_fields`).
+        influx_write_proxy::log_fields::set_direct_sink(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colours only for a person at a terminal, never in journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_timer(influx_write_proxy::log_time::Rfc3339Micros)
         .with_writer(writer);
     match format {

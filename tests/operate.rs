@@ -680,3 +680,60 @@ async fn access_log_is_one_json_line_per_request_without_secrets() {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_lines_have_the_tracing_layout_and_follow_rust_log() {
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let toml = |port: u16| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
+            upstream.url()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (port, quiet_port) = (free_port(), free_port());
+    let proxy = ProxyProcess::start(dir.path(), port, &toml(port));
+    let quiet = ProxyProcess::start_with_env(
+        dir.path(),
+        quiet_port,
+        &toml(quiet_port),
+        &[("RUST_LOG", "warn")],
+    );
+    for proxy in [&proxy, &quiet] {
+        let ok = support::client()
+            .post(proxy.url("/write?db=telegraf"))
+            .header("x-request-id", "text-42")
+            .body("cpu,host=a v=1 1\n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 204);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = std::fs::read_to_string(dir.path().join("proxy-0.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request_id=\"text-42\""))
+        .unwrap_or_else(|| panic!("no access line in {log}"));
+    // `2026-12-02T14:06:20.520576Z  INFO access: request ...`, as tracing's fmt writes it.
+    let (time, rest) = line.split_at(27);
+    assert!(
+        time.len() == 27 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{line}"
+    );
+    let (rest, duration) = rest.rsplit_once(" duration_ms=").expect(line);
+    assert_eq!(
+        rest,
+        format!(
+            "  INFO access: request request_id=\"text-42\" method=POST endpoint=\"write\" \
+             status=204 client=\"127.0.0.1\" db=telegraf rp= principal= cluster=default \
+             node={} tries=1 bytes=17 points=1 statements=",
+            upstream.addr
+        )
+    );
+    assert!(duration.parse::<f64>().is_ok(), "{line}");
+
+    let quiet_log = std::fs::read_to_string(dir.path().join("proxy-1.log")).unwrap();
+    assert!(!quiet_log.contains("access"), "RUST_LOG=warn: {quiet_log}");
+}

@@ -179,6 +179,40 @@ fn access_log<RB>(
         .extensions()
         .get::<WriteDetails>()
         .unwrap_or(&empty);
+    let level = if admin {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    if let Some(sink) = crate::log_fields::direct_sink() {
+        let enabled = if admin {
+            tracing::enabled!(target: "access", tracing::Level::DEBUG)
+        } else {
+            tracing::enabled!(target: "access", tracing::Level::INFO)
+        };
+        if enabled {
+            use crate::log_fields::Value::{Display, Str, F64, U64};
+            let fields = [
+                ("request_id", Str(request_id)),
+                ("method", Display(method.as_str())),
+                ("endpoint", Str(endpoint)),
+                ("status", U64(status.into())),
+                ("client", Str(client)),
+                ("db", Display(&w.db)),
+                ("rp", Display(&w.rp)),
+                ("principal", Display(&w.principal)),
+                ("cluster", Display(&w.cluster)),
+                ("node", Display(&w.node)),
+                ("tries", U64(w.tries.into())),
+                ("bytes", U64(w.bytes)),
+                ("points", U64(w.points)),
+                ("statements", Display(&w.statements)),
+                ("duration_ms", F64(duration_ms)),
+            ];
+            write_direct(sink, level, &fields);
+        }
+        return;
+    }
     macro_rules! line {
         ($level:expr) => {
             tracing::event!(
@@ -208,6 +242,29 @@ fn access_log<RB>(
     } else {
         line!(tracing::Level::INFO);
     }
+}
+
+/// One access line to the log writer, formatted in this thread's reused buffer.
+fn write_direct(
+    sink: &tracing_appender::non_blocking::NonBlocking,
+    level: tracing::Level,
+    fields: &[(&str, crate::log_fields::Value<'_>)],
+) {
+    use std::io::Write as _;
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        let timer = crate::log_time::Rfc3339Micros;
+        if crate::log_fields::write_line(line, &timer, level, "access", "request", fields).is_ok() {
+            let _ = sink.clone().write_all(line.as_bytes());
+        }
+        // A line with a huge value does not keep its buffer.
+        if line.capacity() > 64 * 1024 {
+            *line = String::new();
+        }
+    });
 }
 
 /// An address as `Display` writes it, put together on the stack: `to_string` was an
