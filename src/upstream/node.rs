@@ -123,30 +123,29 @@ impl Drop for InflightGuard<'_> {
 /// healthy node is still tried rather than refused blindly), then healthy, then any. Within
 /// the first non-empty group, fewest requests in flight, ties broken at random.
 pub fn pick(nodes: &[Node], tried: &[usize]) -> usize {
-    let untried = |i: &usize| !tried.contains(i);
-    let healthy = |i: &usize| nodes[*i].is_healthy();
-    let all = 0..nodes.len();
-    let groups: [Vec<usize>; 3] = [
-        all.clone().filter(|i| untried(i) && healthy(i)).collect(),
-        all.clone().filter(untried).collect(),
-        all.clone().filter(healthy).collect(),
-    ];
-    let candidates = groups
+    let untried = |i: usize| !tried.contains(&i);
+    let healthy = |i: usize| nodes[i].is_healthy();
+    let groups: [&dyn Fn(usize) -> bool; 4] =
+        [&|i| untried(i) && healthy(i), &untried, &healthy, &|_| true];
+    let group = groups
         .into_iter()
-        .find(|g| !g.is_empty())
-        .unwrap_or_else(|| all.collect());
-    // One snapshot of the loads: other requests change them while this one chooses.
-    let loads: Vec<(usize, usize)> = candidates
-        .iter()
-        .map(|&i| (i, nodes[i].inflight()))
-        .collect();
-    let least = loads.iter().map(|&(_, load)| load).min().unwrap_or(0);
-    let tied: Vec<usize> = loads
-        .iter()
-        .filter(|&&(_, load)| load == least)
-        .map(|&(i, _)| i)
-        .collect();
-    tied[fastrand::usize(..tied.len())]
+        .find(|member| (0..nodes.len()).any(member))
+        .expect("the last group holds every node");
+    // One pass, each load read once (other requests change them while this one chooses),
+    // keeping the least loaded so far and one of its ties, each tie with equal chance.
+    let (mut chosen, mut least, mut ties) = (0, usize::MAX, 0);
+    for i in (0..nodes.len()).filter(|&i| group(i)) {
+        let load = nodes[i].inflight();
+        if load < least {
+            (chosen, least, ties) = (i, load, 1);
+        } else if load == least {
+            ties += 1;
+            if fastrand::usize(..ties) == 0 {
+                chosen = i;
+            }
+        }
+    }
+    chosen
 }
 
 #[cfg(test)]
