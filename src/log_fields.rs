@@ -38,14 +38,18 @@ impl<'w> FormatFields<'w> for PlainFields {
 }
 
 struct Visitor<'w> {
-    out: Escaping<'w>,
+    out: Escaping<Writer<'w>>,
     first: bool,
     result: fmt::Result,
 }
 
-impl Visitor<'_> {
+impl<'w> Visitor<'w> {
     /// Writes the separator and `name=` (nothing for the message), then the value.
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Escaping<'_>) -> fmt::Result) {
+    fn field(
+        &mut self,
+        field: &Field,
+        value: impl FnOnce(&mut Escaping<Writer<'w>>) -> fmt::Result,
+    ) {
         if self.result.is_err() {
             return;
         }
@@ -54,11 +58,11 @@ impl Visitor<'_> {
     }
 }
 
-fn write_field(
-    out: &mut Escaping<'_>,
+fn write_field<W: fmt::Write>(
+    out: &mut Escaping<W>,
     first: bool,
     name: &str,
-    value: impl FnOnce(&mut Escaping<'_>) -> fmt::Result,
+    value: impl FnOnce(&mut Escaping<W>) -> fmt::Result,
 ) -> fmt::Result {
     if !first {
         out.0.write_char(' ')?;
@@ -127,9 +131,8 @@ pub fn write_line(
     message: &str,
     fields: &[(&str, Value<'_>)],
 ) -> fmt::Result {
-    let mut w = Writer::new(out);
-    if timer.format_time(&mut w).is_err() {
-        w.write_str("<unknown time>")?;
+    if timer.format_time(&mut Writer::new(out)).is_err() {
+        out.push_str("<unknown time>");
     }
     let level = match level {
         tracing::Level::TRACE => "TRACE",
@@ -138,12 +141,11 @@ pub fn write_line(
         tracing::Level::WARN => " WARN",
         tracing::Level::ERROR => "ERROR",
     };
-    w.write_char(' ')?;
-    w.write_str(level)?;
-    w.write_char(' ')?;
-    w.write_str(target)?;
-    w.write_str(": ")?;
-    let mut out = Escaping(w);
+    for part in [" ", level, " ", target, ": "] {
+        out.push_str(part);
+    }
+    // Straight into the `String`: no `dyn Write` call per piece.
+    let mut out = Escaping(out);
     write_field(&mut out, true, "message", |out| out.write_str(message))?;
     for (name, value) in fields {
         write_field(&mut out, false, name, |out| match *value {
@@ -171,7 +173,7 @@ static DIRECT: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> 
     std::sync::OnceLock::new();
 
 /// A `&str` field as `Debug` writes it.
-fn quoted(out: &mut Escaping<'_>, value: &str) -> fmt::Result {
+fn quoted<W: fmt::Write>(out: &mut Escaping<W>, value: &str) -> fmt::Result {
     // Debug's quoting, written directly when it would change nothing inside.
     if value
         .bytes()
@@ -186,7 +188,7 @@ fn quoted(out: &mut Escaping<'_>, value: &str) -> fmt::Result {
 }
 
 /// An `f64` field as `Debug` writes it.
-fn float(out: &mut Escaping<'_>, value: f64) -> fmt::Result {
+fn float<W: fmt::Write>(out: &mut Escaping<W>, value: f64) -> fmt::Result {
     match Millis::of(value) {
         Some(millis) => millis.write(&mut out.0),
         None => write!(out, "{value:?}"),
@@ -219,7 +221,7 @@ impl Millis {
         })
     }
 
-    fn write(&self, out: &mut Writer<'_>) -> fmt::Result {
+    fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
         out.write_str(itoa::Buffer::new().format(self.whole))?;
         let digits = [
             b'0' + (self.thousandths / 100) as u8,
@@ -238,9 +240,9 @@ impl Millis {
 }
 
 /// Writes through to the line, with control characters as `\xNN`.
-struct Escaping<'w>(Writer<'w>);
+struct Escaping<W>(W);
 
-impl fmt::Write for Escaping<'_> {
+impl<W: fmt::Write> fmt::Write for Escaping<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // 0xc2 starts every C1 character (U+0080..U+009F) in UTF-8.
         if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
