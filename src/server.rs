@@ -197,8 +197,8 @@ fn builder(max_streams: u32) -> auto::Builder<TokioExecutor> {
         .max_headers(100)
         .keep_alive(true)
         // Smaller reads keep each body frame in cache while it is scanned, and bound the
-        // memory a connection holds: measured at 64 connections of 785 kB bodies, peak RSS
-        // ~80 MB with 128 KiB against ~95 MB with 256 KiB, throughput within noise.
+        // memory a connection holds (64 KiB against 128 KiB on the rig: see the README's
+        // "Memory", where the larger read bought CPU with peak RSS over the budget).
         .max_buf_size(crate::body::READ_BUFFER);
     builder
         .http2()

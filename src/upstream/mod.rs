@@ -1,9 +1,10 @@
-//! The clusters of data nodes writes are forwarded to, and the pooled keep-alive client that
-//! carries them. A write tries the best node of its cluster (`node::pick`), and on a
-//! retriable failure (`retry::classify`) backs off and tries another, within `max_retries`
-//! and the cluster's retry budget. The last answer becomes the proxy's: 2xx → `Ok`, an error
-//! status → `ProxyError::Upstream` with InfluxDB's own message; retries used up → 503, or 504
-//! when every try timed out; not HTTP → 502.
+//! The clusters of data nodes writes are forwarded to, over the keep-alive connections of
+//! `pool` (queries: hyper-util's client, `read`). A write tries the best node of its cluster
+//! (`node::pick`), and on a retriable failure (`retry::classify`) backs off and tries
+//! another, within `max_retries` and the cluster's retry budget. The last answer becomes the
+//! proxy's: 2xx → `Ok`, an error status → `ProxyError::Upstream` with InfluxDB's own
+//! message; retries used up → 503, or 504 when every try timed out or `request_timeout`
+//! ended the tries; not HTTP → 502.
 
 mod health;
 pub mod node;
