@@ -339,7 +339,7 @@ impl Cluster {
     }
 
     /// `write` within `timeout` for all its tries together (the request's `request_timeout`):
-    /// past it, 408 `RequestTimeout`.
+    /// past it, `RequestTimeout` (504).
     pub async fn write_within(
         &self,
         timeout: Duration,
@@ -375,11 +375,7 @@ impl Cluster {
                 let _inflight = node.start();
                 let request = self.request(index, &uri_tail, &forward)?;
                 let started = tokio::time::Instant::now();
-                let per_try = started + self.timeout;
-                let (until, last) = match deadline {
-                    Some(deadline) if deadline <= per_try => (deadline, true),
-                    _ => (per_try, false),
-                };
+                let (until, last) = first_of(started + self.timeout, deadline);
                 let outcome =
                     match tokio::time::timeout_at(until, self.exchange(index, request)).await {
                         Ok(outcome) => outcome,
@@ -421,13 +417,11 @@ impl Cluster {
             }
             tracing::debug!(cluster = %self.name, node = %node.name, reason = reason.as_str(), retry = retries + 1, "retrying");
             self.retries.inc();
-            let resume = tokio::time::Instant::now() + retry::backoff(self.retry_backoff, retries);
-            match deadline {
-                Some(deadline) if deadline <= resume => {
-                    tokio::time::sleep_until(deadline).await;
-                    return Err(ProxyError::RequestTimeout);
-                }
-                _ => tokio::time::sleep_until(resume).await,
+            let backoff = retry::backoff(self.retry_backoff, retries);
+            let (resume, last) = first_of(tokio::time::Instant::now() + backoff, deadline);
+            tokio::time::sleep_until(resume).await;
+            if last {
+                return Err(ProxyError::RequestTimeout);
             }
         }
     }
@@ -531,6 +525,17 @@ impl Cluster {
             .with_label_values(&[self.name.as_str()])
             .inc();
         tracing::warn!(cluster = %self.name, status = error.status().as_u16(), error = %error, "mirror delivery failed");
+    }
+}
+
+/// `at`, or `deadline` when that comes no later, with whether it was the deadline.
+fn first_of(
+    at: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+) -> (tokio::time::Instant, bool) {
+    match deadline {
+        Some(deadline) if deadline <= at => (deadline, true),
+        _ => (at, false),
     }
 }
 
