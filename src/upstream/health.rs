@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use http::header::USER_AGENT;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 
@@ -55,10 +56,7 @@ async fn ping(cluster: Arc<Cluster>, index: usize, timeout: Duration) -> Result<
     let request = Request::builder()
         .method(Method::GET)
         .uri(uri)
-        .header(
-            "user-agent",
-            concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),
-        )
+        .header(USER_AGENT, super::OWN_USER_AGENT)
         .body(Chunks::default())
         .expect("ping request is valid");
     let answer = async {

@@ -116,10 +116,7 @@ impl Cluster {
         let mut request = Request::builder()
             .method(forward.method.clone())
             .uri(uri)
-            .header(
-                USER_AGENT,
-                concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(USER_AGENT, super::OWN_USER_AGENT)
             .body(body)
             .expect("request parts are valid");
         let headers = request.headers_mut();
