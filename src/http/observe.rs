@@ -179,16 +179,20 @@ fn access_log<RB>(
         .extensions()
         .get::<WriteDetails>()
         .unwrap_or(&empty);
-    let level = if admin {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
     if let Some(sink) = crate::log_fields::direct_sink() {
-        let enabled = if admin {
-            tracing::enabled!(target: "access", tracing::Level::DEBUG)
+        // `enabled!` wants its level as a constant.
+        let (level, enabled) = if admin {
+            use tracing::Level;
+            (
+                Level::DEBUG,
+                tracing::enabled!(target: "access", Level::DEBUG),
+            )
         } else {
-            tracing::enabled!(target: "access", tracing::Level::INFO)
+            use tracing::Level;
+            (
+                Level::INFO,
+                tracing::enabled!(target: "access", Level::INFO),
+            )
         };
         if enabled {
             use crate::log_fields::Value::{Display, Str, F64, U64};
