@@ -272,6 +272,14 @@ mod tests {
             .unwrap()
     }
 
+    /// One `get` answered 204, read to the end and its connection given back.
+    async fn round_trip(pools: &Pools) {
+        let (response, lease) = pools.send(0, get(pools)).await.unwrap();
+        assert_eq!(response.status(), 204);
+        response.into_body().collect().await.unwrap();
+        lease.release();
+    }
+
     /// A server that answers every request on a connection with 204, counts connections,
     /// and closes each connection after `per_connection` answers (`usize::MAX`: never).
     async fn server(
@@ -324,10 +332,7 @@ mod tests {
         let (address, connections, heads) = server(usize::MAX).await;
         let pools = pools_for(address);
         for _ in 0..3 {
-            let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
-            assert_eq!(response.status(), 204);
-            response.into_body().collect().await.unwrap();
-            lease.release();
+            round_trip(&pools).await;
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
         assert_eq!(pools.idle(), 1);
@@ -359,10 +364,7 @@ mod tests {
         let (address, connections, _) = server(1).await;
         let pools = pools_for(address);
         for _ in 0..3 {
-            let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
-            assert_eq!(response.status(), 204);
-            response.into_body().collect().await.unwrap();
-            lease.release();
+            round_trip(&pools).await;
             // Let the connection see the upstream's close.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -377,9 +379,7 @@ mod tests {
             Duration::from_secs(59),
             IDLE_TIMEOUT + Duration::from_secs(1),
         ] {
-            let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
-            response.into_body().collect().await.unwrap();
-            lease.release();
+            round_trip(&pools).await;
             tokio::time::advance(wait).await;
         }
         let (response, _lease) = pools.send(0, get(&pools)).await.unwrap();
@@ -392,9 +392,7 @@ mod tests {
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let (address, _, _) = server(usize::MAX).await;
         let pools = pools_for(address);
-        let (response, lease) = pools.send(0, get(&pools)).await.unwrap();
-        response.into_body().collect().await.unwrap();
-        lease.release();
+        round_trip(&pools).await;
         let given_back = Instant::now();
         pools.reap_at(given_back + IDLE_TIMEOUT - Duration::from_secs(1));
         assert_eq!(pools.idle(), 1);
