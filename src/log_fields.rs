@@ -12,7 +12,9 @@
 //! same text, written straight from the values instead of through tracing's field
 //! recording and `write!` of each `Display` field, which was 15 % of a 10-line write's
 //! instructions. Only for the text format without colours; JSON and a terminal go through
-//! tracing.
+//! tracing. A serving thread holds its access lines and hands them to the writer together
+//! when it goes idle (or at 16 KiB), so under load an access line can reach the log a
+//! little after a warning that its thread logged later.
 
 use std::fmt::{self, Write as _};
 
@@ -171,6 +173,71 @@ pub fn set_direct_sink(writer: tracing_appender::non_blocking::NonBlocking) {
 
 static DIRECT: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
     std::sync::OnceLock::new();
+
+/// How many bytes of lines a thread that holds them ([`hold_lines_on_this_thread`]) keeps
+/// before handing them to the writer.
+const HELD_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// This thread's lines not yet handed to the writer, if it holds them.
+    static HELD: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// The line being put together on a thread that does not hold lines.
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// From now on this thread keeps its direct lines ([`write_direct`]) and hands them to the
+/// writer 16 KiB at a time or when [`flush_held`] is called: the serving threads, which
+/// call it whenever they go idle. One hand-over per line was an allocation, a channel send
+/// and often a wake-up of the writer thread for every request.
+pub fn hold_lines_on_this_thread() {
+    HELD.with_borrow_mut(|held| *held = Some(String::with_capacity(2 * HELD_BYTES)));
+}
+
+/// Hands the lines this thread holds to the writer.
+pub fn flush_held() {
+    HELD.with_borrow_mut(|held| {
+        if let (Some(held), Some(sink)) = (held, direct_sink()) {
+            hand_over(sink, held);
+        }
+    });
+}
+
+/// One line put together by `line` (which appends it, newline included) to `sink`: into
+/// this thread's held lines if it holds them, else on its own.
+pub fn write_direct(
+    sink: &tracing_appender::non_blocking::NonBlocking,
+    line: impl FnOnce(&mut String) -> fmt::Result,
+) {
+    HELD.with_borrow_mut(|held| match held {
+        Some(held) => {
+            let start = held.len();
+            if line(held).is_err() {
+                held.truncate(start);
+            }
+            if held.len() >= HELD_BYTES {
+                hand_over(sink, held);
+            }
+        }
+        None => LINE.with_borrow_mut(|one| {
+            if line(one).is_ok() {
+                hand_over(sink, one);
+            }
+            one.clear();
+        }),
+    });
+}
+
+/// `text` to the writer, then emptied; a buffer a huge line grew is given up.
+fn hand_over(sink: &tracing_appender::non_blocking::NonBlocking, text: &mut String) {
+    use std::io::Write as _;
+    if !text.is_empty() {
+        let _ = sink.clone().write_all(text.as_bytes());
+    }
+    text.clear();
+    if text.capacity() > 4 * HELD_BYTES {
+        *text = String::with_capacity(2 * HELD_BYTES);
+    }
+}
 
 /// A `&str` field as `Debug` writes it.
 fn quoted<W: fmt::Write>(out: &mut Escaping<W>, value: &str) -> fmt::Result {

@@ -737,3 +737,66 @@ async fn text_access_lines_have_the_tracing_layout_and_follow_rust_log() {
     let quiet_log = std::fs::read_to_string(dir.path().join("proxy-1.log")).unwrap();
     assert!(!quiet_log.contains("access"), "RUST_LOG=warn: {quiet_log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_access_line_of_a_burst_reaches_the_log_whole_and_once_even_at_shutdown() {
+    // The serving threads hold their access lines and hand them over in batches (when idle,
+    // at 16 KiB, at exit): none may be lost, doubled or cut, the last ones included.
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
+        upstream.url()
+    );
+    let mut proxy = ProxyProcess::start(dir.path(), port, &toml);
+    let client = support::client();
+    let (connections, per_connection) = (8, 60);
+    let sent: Vec<_> = (0..connections)
+        .map(|c| {
+            let (client, url) = (client.clone(), proxy.url("/write?db=telegraf"));
+            tokio::spawn(async move {
+                for r in 0..per_connection {
+                    let id = format!("burst-{c}-{r}");
+                    let answer = client
+                        .post(&url)
+                        .header("x-request-id", &id)
+                        .body("cpu,host=a v=1 1\n")
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(answer.status(), 204, "{id}");
+                }
+            })
+        })
+        .collect();
+    for connection in sent {
+        connection.await.unwrap();
+    }
+    drop(client);
+    proxy.signal("TERM");
+    assert!(tokio::task::block_in_place(|| proxy.wait()).success());
+
+    let log = std::fs::read_to_string(dir.path().join("proxy-0.log")).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for line in log.lines().filter(|l| l.contains(" INFO access: request ")) {
+        assert!(
+            line.as_bytes()[10] == b'T' && line.contains(" duration_ms="),
+            "a cut or merged line: {line}"
+        );
+        let id = line
+            .split("request_id=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no request_id in {line}"));
+        *seen.entry(id.to_string()).or_insert(0) += 1;
+    }
+    for c in 0..connections {
+        for r in 0..per_connection {
+            let id = format!("burst-{c}-{r}");
+            assert_eq!(seen.get(&id), Some(&1), "{id} in the log");
+        }
+    }
+    let burst = seen.keys().filter(|id| id.starts_with("burst-")).count();
+    assert_eq!(burst, connections * per_connection);
+}

@@ -248,26 +248,15 @@ fn access_log<RB>(
     }
 }
 
-/// One access line to the log writer, formatted in this thread's reused buffer.
+/// One access line to the log writer (see [`crate::log_fields::write_direct`]).
 fn write_direct(
     sink: &tracing_appender::non_blocking::NonBlocking,
     level: tracing::Level,
     fields: &[(&str, crate::log_fields::Value<'_>)],
 ) {
-    use std::io::Write as _;
-    thread_local! {
-        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
-    LINE.with_borrow_mut(|line| {
-        line.clear();
-        let timer = crate::log_time::Rfc3339Micros;
-        if crate::log_fields::write_line(line, &timer, level, "access", "request", fields).is_ok() {
-            let _ = sink.clone().write_all(line.as_bytes());
-        }
-        // A line with a huge value does not keep its buffer.
-        if line.capacity() > 64 * 1024 {
-            *line = String::new();
-        }
+    let timer = crate::log_time::Rfc3339Micros;
+    crate::log_fields::write_direct(sink, |line| {
+        crate::log_fields::write_line(line, &timer, level, "access", "request", fields)
     });
 }
 

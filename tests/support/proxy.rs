@@ -157,6 +157,11 @@ impl ProxyProcess {
         assert!(sent.success());
     }
 
+    /// Waits for the process to exit by itself (after a `TERM`, say).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
+    }
+
     /// SIGKILL: no drain, no flush, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
