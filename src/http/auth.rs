@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use http::Request;
 use tower::{Layer, Service};
 
@@ -63,7 +64,8 @@ where
 {
     type Response = Resp;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>;
+    /// The inner service's own future when the endpoint is not guarded, without a box.
+    type Future = Either<S::Future, Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -77,13 +79,13 @@ where
         let auth = generation.auth.clone().filter(|_| guarded);
         request.extensions_mut().insert(generation.clone());
         let Some(auth) = auth else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let metrics = self.metrics.clone();
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let ip = request
                 .extensions()
                 .get::<PeerAddr>()
@@ -117,7 +119,7 @@ where
                     Ok(full(error.into_response(api, realm)))
                 }
             }
-        })
+        }))
     }
 }
 

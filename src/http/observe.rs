@@ -116,7 +116,7 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -130,30 +130,80 @@ where
         let admin = known.is_some_and(|e| e.listener == Listener::Admin);
         let method = request.method().clone();
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
-        let metrics = self.metrics.clone();
-        let labelled = self.labelled.clone();
-        metrics.inflight_requests.inc();
-        let guard = InflightGuard(metrics.inflight_requests.clone());
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            drop(guard);
-            if let Ok(response) = &result {
-                let status = response.status().as_u16();
-                let elapsed = started.elapsed();
-                let labelled = labelled
-                    .iter()
-                    .find(|l| l.endpoint == endpoint)
-                    .expect("every endpoint label is in the table");
-                labelled.count(&metrics, status);
-                labelled.time(&metrics, elapsed);
-                if status == 413 {
-                    metrics.body_too_large.inc();
-                }
-                access_log(endpoint, admin, &method, peer, response, elapsed);
+        self.metrics.inflight_requests.inc();
+        let guard = InflightGuard(self.metrics.inflight_requests.clone());
+        Observed {
+            inner: self.inner.call(request),
+            request: Seen {
+                started,
+                endpoint,
+                admin,
+                method,
+                peer,
+            },
+            metrics: self.metrics.clone(),
+            labelled: self.labelled.clone(),
+            guard: Some(guard),
+        }
+    }
+}
+
+/// What [`Observe`] notes of a request before it is served.
+struct Seen {
+    started: Instant,
+    endpoint: &'static str,
+    admin: bool,
+    method: http::Method,
+    peer: Option<std::net::SocketAddr>,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer, counted, timed and logged when it comes. A named future
+    /// rather than a boxed `async` block: one allocation less per request.
+    pub struct Observed<F> {
+        #[pin]
+        inner: F,
+        request: Seen,
+        metrics: Arc<Metrics>,
+        labelled: Arc<[Labelled]>,
+        guard: Option<InflightGuard>,
+    }
+}
+
+impl<F, RB, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        drop(this.guard.take());
+        if let Ok(response) = &result {
+            let seen = &*this.request;
+            let status = response.status().as_u16();
+            let elapsed = seen.started.elapsed();
+            let labelled = this
+                .labelled
+                .iter()
+                .find(|l| l.endpoint == seen.endpoint)
+                .expect("every endpoint label is in the table");
+            labelled.count(this.metrics, status);
+            labelled.time(this.metrics, elapsed);
+            if status == 413 {
+                this.metrics.body_too_large.inc();
             }
-            result
-        })
+            access_log(
+                seen.endpoint,
+                seen.admin,
+                &seen.method,
+                seen.peer,
+                response,
+                elapsed,
+            );
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -167,7 +217,7 @@ fn access_log<RB>(
 ) {
     let request_id = response
         .headers()
-        .get("x-request-id")
+        .get(crate::http::request_id::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     let status = response.status().as_u16();
