@@ -470,8 +470,19 @@ async fn show_databases_lists_only_what_the_principal_may_read() {
             .await
             .unwrap();
     assert_eq!(mixed["results"][0]["series"], mixed["results"][1]["series"]);
-    let (direct, proxied) = both(&proxy, ROOT, false, &[("q", "SHOW DATABASES")], &[]).await;
-    assert_eq!(proxied, direct);
+    // The shared influxd gains databases as other tests run: a pair that straddles one is
+    // asked again.
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        let (direct, proxied) = both(&proxy, ROOT, false, &[("q", "SHOW DATABASES")], &[]).await;
+        let (again, _) = both(&proxy, ROOT, false, &[("q", "SHOW DATABASES")], &[]).await;
+        if again == direct {
+            assert_eq!(proxied, direct);
+            return;
+        }
+        pairs.push((direct, proxied));
+    }
+    panic!("the database list never held still over two asks: {pairs:?}");
 }
 
 #[tokio::test]
