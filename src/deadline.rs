@@ -398,7 +398,6 @@ impl<S> Tracked<S> {
 impl<S, R, B> tower::Service<R> for Tracked<S>
 where
     S: tower::Service<R, Response = http::Response<B>>,
-    S::Future: Send + 'static,
     B: hyper::body::Body + Unpin,
 {
     type Response = http::Response<Answer<B>>;

@@ -109,10 +109,7 @@ impl Drop for InflightGuard {
 
 impl<S, B, RB> Service<Request<B>> for Observe<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    RB: Send + 'static,
+    S: Service<Request<B>, Response = Response<RB>>,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -217,7 +214,7 @@ fn access_log<RB>(
 ) {
     let request_id = response
         .headers()
-        .get(crate::http::request_id::X_REQUEST_ID)
+        .get(crate::upstream::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     let status = response.status().as_u16();

@@ -229,7 +229,7 @@ async fn read(
         }
     }
     if let Some(id) = parts.extensions.get::<RequestIdValue>() {
-        headers.insert(crate::http::request_id::X_REQUEST_ID, id.0.clone());
+        headers.insert(crate::upstream::X_REQUEST_ID, id.0.clone());
     }
     let credentials = match mode {
         AuthMode::None | AuthMode::Proxy => Credentials::Cluster,

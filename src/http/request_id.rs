@@ -11,6 +11,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use crate::upstream::X_REQUEST_ID;
+
 /// The id of the request being served.
 #[derive(Debug, Clone)]
 pub struct RequestIdValue(pub HeaderValue);
@@ -18,9 +20,7 @@ pub struct RequestIdValue(pub HeaderValue);
 /// `X-Influxdb-Version` when the answer did not come from an upstream.
 pub const OWN_VERSION: &str = concat!("influx-write-proxy-", env!("CARGO_PKG_VERSION"));
 
-/// The response header that carries the request id (a client may send it too).
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// The other one, as InfluxDB 1.x also answers `Request-Id`.
+/// The other request id header, as InfluxDB 1.x also answers `Request-Id`.
 const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 const X_INFLUXDB_VERSION: HeaderName = HeaderName::from_static("x-influxdb-version");
 

@@ -49,7 +49,8 @@ const MAX_ERROR_BODY: usize = 1024 * 1024;
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const OWN_USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")));
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The request id header, sent upstream and answered to clients (`http::request_id`).
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 type QueryClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
