@@ -13,8 +13,8 @@
 //! recording and `write!` of each `Display` field, which was 15 % of a 10-line write's
 //! instructions. Only for the text format without colours; JSON and a terminal go through
 //! tracing. A serving thread holds its access lines and hands them to the writer together
-//! when it goes idle (or at 16 KiB), so under load an access line can reach the log a
-//! little after a warning that its thread logged later.
+//! every 100 ms (or at 64 KiB, and when it ends), so an access line can reach the log up to
+//! 100 ms after a warning that its thread logged later.
 
 use std::fmt::{self, Write as _};
 
@@ -176,7 +176,7 @@ static DIRECT: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> 
 
 /// How many bytes of lines a thread that holds them ([`hold_lines_on_this_thread`]) keeps
 /// before handing them to the writer.
-const HELD_BYTES: usize = 16 * 1024;
+const HELD_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// This thread's lines not yet handed to the writer, if it holds them.
@@ -186,11 +186,27 @@ thread_local! {
 }
 
 /// From now on this thread keeps its direct lines ([`write_direct`]) and hands them to the
-/// writer 16 KiB at a time or when [`flush_held`] is called: the serving threads, which
-/// call it whenever they go idle. One hand-over per line was an allocation, a channel send
-/// and often a wake-up of the writer thread for every request.
+/// writer 64 KiB at a time or when [`flush_held`] is called: the serving threads, which run
+/// [`flush_held_periodically`]. One hand-over per line was an allocation, a channel send
+/// and often a wake-up of the writer thread for every request; one whenever the thread went
+/// idle was still one every three 10-line requests under load, each a futex wake-up and a
+/// `write` on the writer thread, which then spun in `sched_yield` before sleeping.
 pub fn hold_lines_on_this_thread() {
     HELD.with_borrow_mut(|held| *held = Some(String::with_capacity(2 * HELD_BYTES)));
+}
+
+/// How long a thread that holds its lines keeps them at most.
+const HELD_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Hands this thread's held lines to the writer every [`HELD_FOR`], for as long as it is
+/// polled: a serving thread's runtime runs it beside everything else.
+pub async fn flush_held_periodically() {
+    let mut tick = tokio::time::interval(HELD_FOR);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_held();
+    }
 }
 
 /// Hands the lines this thread holds to the writer.

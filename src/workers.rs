@@ -43,16 +43,20 @@ impl Workers {
                 .name(format!("serve-{index}"))
                 .spawn(move || {
                     INDEX.with(|slot| slot.set(Some(index)));
-                    // Access lines leave together whenever the thread goes idle.
+                    // Access lines leave together, every 100 ms and at the end.
                     crate::log_fields::hold_lines_on_this_thread();
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
-                        .on_thread_park(crate::log_fields::flush_held)
                         .build();
                     match runtime {
                         Ok(runtime) => {
                             let _ = started.send(Ok(runtime.handle().clone()));
-                            let _ = runtime.block_on(stopped);
+                            runtime.block_on(async {
+                                tokio::select! {
+                                    _ = stopped => {}
+                                    _ = crate::log_fields::flush_held_periodically() => {}
+                                }
+                            });
                             crate::log_fields::flush_held();
                         }
                         Err(e) => {

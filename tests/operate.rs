@@ -740,8 +740,8 @@ async fn text_access_lines_have_the_tracing_layout_and_follow_rust_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_access_line_of_a_burst_reaches_the_log_whole_and_once_even_at_shutdown() {
-    // The serving threads hold their access lines and hand them over in batches (when idle,
-    // at 16 KiB, at exit): none may be lost, doubled or cut, the last ones included.
+    // The serving threads hold their access lines and hand them over in batches (every
+    // 100 ms, at 64 KiB, at exit): none may be lost, doubled or cut, the last ones included.
     let upstream = Upstream::start(|_| Reply::ok()).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -799,4 +799,39 @@ async fn every_access_line_of_a_burst_reaches_the_log_whole_and_once_even_at_shu
     }
     let burst = seen.keys().filter(|id| id.starts_with("burst-")).count();
     assert_eq!(burst, connections * per_connection);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_line_reaches_the_log_soon_while_the_proxy_stays_up_and_idle() {
+    // Held lines are handed over every 100 ms, not only when 64 KiB have gathered: one
+    // request on an otherwise idle proxy is in the log well within two seconds.
+    let upstream = Upstream::start(|_| Reply::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
+        upstream.url()
+    );
+    let proxy = ProxyProcess::start(dir.path(), port, &toml);
+    let answer = support::client()
+        .post(proxy.url("/write?db=telegraf"))
+        .header("x-request-id", "lone-write")
+        .body("cpu,host=a v=1 1\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    let sent = std::time::Instant::now();
+    let log = dir.path().join("proxy-0.log");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("request_id=\"lone-write\"") {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "no access line two seconds after the answer: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
