@@ -164,12 +164,20 @@ fn hash_secret(token: bool) -> ExitCode {
 
 /// Logs go to stderr from a background thread: a request formats its line and hands it
 /// over, and never waits on the terminal or a slow log collector. Lines are kept (not
-/// dropped) when the thread falls behind, by making the writer wait. The returned guard
-/// flushes what is queued when it is dropped, at exit.
+/// dropped) when the thread falls behind, by making the writer wait once
+/// [`LOG_QUEUE`] hand-overs are queued. The returned guard flushes what is queued when it
+/// is dropped, at exit.
+/// Most hand-overs queued for the log writer: a serving thread hands over up to 64 KiB of
+/// access lines at once (`log_fields`), any other thread one line, so the queue holds at
+/// most 16 MiB. (tracing-appender's default, 128,000, allowed gigabytes of batches, and
+/// its slots alone took 4 MB from the start.)
+const LOG_QUEUE: usize = 256;
+
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE)
         .thread_name("log-writer")
         // The thread writes what is queued, then flushes: lines that arrive together (one
         // per request under load) leave in one write instead of one each.
