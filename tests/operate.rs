@@ -709,9 +709,10 @@ async fn text_access_lines_have_the_tracing_layout_and_follow_rust_log() {
             .unwrap();
         assert_eq!(ok.status(), 204);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let log = std::fs::read_to_string(dir.path().join("proxy-0.log")).unwrap();
+    let log = support::log_once(&dir.path().join("proxy-0.log"), |log| {
+        log.contains("request_id=\"text-42\"")
+    })
+    .await;
     let line = log
         .lines()
         .find(|l| l.contains("request_id=\"text-42\""))
@@ -821,17 +822,13 @@ async fn an_access_line_reaches_the_log_soon_while_the_proxy_stays_up_and_idle()
         .await
         .unwrap();
     assert_eq!(answer.status(), 204);
-    let sent = std::time::Instant::now();
-    let log = dir.path().join("proxy-0.log");
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("request_id=\"lone-write\"") {
-            break;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(2),
-            "no access line two seconds after the answer: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sent = Instant::now();
+    let log = support::log_once(&dir.path().join("proxy-0.log"), |log| {
+        log.contains("request_id=\"lone-write\"")
+    })
+    .await;
+    assert!(
+        log.contains("request_id=\"lone-write\"") && sent.elapsed() < Duration::from_secs(2),
+        "no access line two seconds after the answer: {log}"
+    );
 }

@@ -83,6 +83,19 @@ impl Drop for Proxy {
 
 // === the proxy as its own process ===
 
+/// The log at `path` as soon as `ready` holds for it, or as it is after 5 s: a serving
+/// thread hands its access lines to the log writer up to 100 ms after the answers.
+pub async fn log_once(path: &std::path::Path, ready: impl Fn(&str) -> bool) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if ready(&log) || started.elapsed() > std::time::Duration::from_secs(5) {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The proxy binary running from a `proxy.toml` in `dir`, to be SIGKILLed like a crashing
 /// process (the in-process `Proxy` cannot die that way). Its log goes to `dir/proxy-<n>.log`.
 pub struct ProxyProcess {
