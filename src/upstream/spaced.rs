@@ -42,15 +42,21 @@ where
 /// A connection of [`Spacing`].
 pub struct Spaced<T> {
     inner: T,
-    /// What one read lands in before it is handed on; as large as hyper's own reads.
+    /// What one read lands in before it is handed on ([`SCRATCH`] bytes).
     scratch: Box<[u8]>,
 }
+
+/// The most one read of a [`Spaced`] connection takes. What a node answers writes and pings
+/// is a head and at most an error's JSON, so 4 KiB takes nearly every answer in one read, and
+/// every pooled connection keeps its scratch while idle (16 KiB, hyper's largest first read,
+/// held 4 MiB over 256 connections, outside `max_inflight_bytes`).
+const SCRATCH: usize = 4 * 1024;
 
 impl<T> Spaced<T> {
     fn new(inner: T) -> Self {
         Self {
             inner,
-            scratch: vec![0; 16 * 1024].into_boxed_slice(),
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
         }
     }
 }
