@@ -162,17 +162,17 @@ fn hash_secret(token: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Logs go to stderr from a background thread: a request formats its line and hands it
-/// over, and never waits on the terminal or a slow log collector. Lines are kept (not
-/// dropped) when the thread falls behind, by making the writer wait once
-/// [`LOG_QUEUE`] hand-overs are queued. The returned guard flushes what is queued when it
-/// is dropped, at exit.
 /// Most hand-overs queued for the log writer: a serving thread hands over up to 64 KiB of
-/// access lines at once (`log_fields`), any other thread one line, so the queue holds at
-/// most 16 MiB. (tracing-appender's default, 128,000, allowed gigabytes of batches, and
+/// access lines at once (`log_fields`), any other thread one line, so the queue holds about
+/// 16 MiB at most. (tracing-appender's default, 128,000, allowed gigabytes of batches, and
 /// its slots alone took 4 MB from the start.)
 const LOG_QUEUE: usize = 256;
 
+/// Logs go to stderr from a background thread: a request formats its line and hands it
+/// over, and never waits on the terminal or a slow log collector. Lines are kept (not
+/// dropped) when the thread falls behind, by making the writer wait once [`LOG_QUEUE`]
+/// hand-overs are queued. The returned guard flushes what is queued when it is dropped, at
+/// exit.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
