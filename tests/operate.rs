@@ -681,15 +681,18 @@ async fn access_log_is_one_json_line_per_request_without_secrets() {
     }
 }
 
+/// The smallest `proxy.toml`: listening on `port`, one cluster on `upstream`.
+fn plain_toml(port: u16, upstream: &Upstream) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
+        upstream.url()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_access_lines_have_the_tracing_layout_and_follow_rust_log() {
     let upstream = Upstream::start(|_| Reply::ok()).await;
-    let toml = |port: u16| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
-            upstream.url()
-        )
-    };
+    let toml = |port: u16| plain_toml(port, &upstream);
     let dir = tempfile::tempdir().unwrap();
     let (port, quiet_port) = (free_port(), free_port());
     let proxy = ProxyProcess::start(dir.path(), port, &toml(port));
@@ -746,10 +749,7 @@ async fn every_access_line_of_a_burst_reaches_the_log_whole_and_once_even_at_shu
     let upstream = Upstream::start(|_| Reply::ok()).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
-        upstream.url()
-    );
+    let toml = plain_toml(port, &upstream);
     let mut proxy = ProxyProcess::start(dir.path(), port, &toml);
     let client = support::client();
     let (connections, per_connection) = (8, 60);
@@ -809,10 +809,7 @@ async fn an_access_line_reaches_the_log_soon_while_the_proxy_stays_up_and_idle()
     let upstream = Upstream::start(|_| Reply::ok()).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[clusters.default]\nnodes = [\"{}\"]\n",
-        upstream.url()
-    );
+    let toml = plain_toml(port, &upstream);
     let proxy = ProxyProcess::start(dir.path(), port, &toml);
     let answer = support::client()
         .post(proxy.url("/write?db=telegraf"))
