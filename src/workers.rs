@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -23,12 +24,20 @@ pub fn current() -> Option<usize> {
     INDEX.with(|index| index.get())
 }
 
-/// The serving threads. Dropping this stops them; what still runs on them is dropped.
+/// How long dropping [`Workers`] waits for the threads to end: what still runs on them
+/// gets a second to be dropped, then each hands its held access lines over.
+const STOP_WITHIN: Duration = Duration::from_secs(2);
+
+/// The serving threads. Dropping this stops them, drops what still runs on them and waits
+/// (up to [`STOP_WITHIN`]) until each has handed its held access lines to the log writer,
+/// so that none are lost when the process exits right after.
 pub struct Workers {
     handles: Vec<Handle>,
     next: AtomicUsize,
     /// Dropped to stop the threads.
-    _stop: Vec<oneshot::Sender<()>>,
+    stop: Vec<oneshot::Sender<()>>,
+    /// Closed when every thread has ended (each holds a sender).
+    ended: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Workers {
@@ -36,7 +45,9 @@ impl Workers {
     pub fn start(count: usize) -> std::io::Result<Workers> {
         let mut handles = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
         for index in 0..count.max(1) {
+            let ending = ending.clone();
             let (started, handle) = std::sync::mpsc::channel();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -57,12 +68,15 @@ impl Workers {
                                     _ = crate::log_fields::flush_held_periodically() => {}
                                 }
                             });
+                            // Connections dropped here may still log their requests.
+                            runtime.shutdown_timeout(STOP_WITHIN / 2);
                             crate::log_fields::flush_held();
                         }
                         Err(e) => {
                             let _ = started.send(Err(e));
                         }
                     }
+                    drop(ending);
                 })?;
             let handle = handle
                 .recv()
@@ -73,7 +87,8 @@ impl Workers {
         Ok(Workers {
             handles,
             next: AtomicUsize::new(0),
-            _stop: stops,
+            stop: stops,
+            ended: std::sync::Mutex::new(ended),
         })
     }
 
@@ -108,6 +123,16 @@ impl Workers {
     }
 }
 
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.clear();
+        // Only the threads hold senders now: this returns when the last has ended.
+        if let Ok(ended) = self.ended.get_mut() {
+            let _ = ended.recv_timeout(STOP_WITHIN);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +162,34 @@ mod tests {
         }
         assert_eq!(threads, ["serve-0", "serve-1", "serve-0", "serve-1"]);
         assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn dropping_the_workers_returns_once_what_ran_on_them_is_dropped() {
+        // The process exits right after the drop: a connection still open on a serving
+        // thread, and the access lines it logs as it goes, must be gone through by then.
+        struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                std::thread::sleep(Duration::from_millis(200));
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let workers = Workers::start(2).unwrap();
+        let dropped: Vec<_> = (0..2)
+            .map(|i| {
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let held = Flag(flag.clone());
+                workers.handles[i].spawn(async move {
+                    let _held = held;
+                    std::future::pending::<()>().await
+                });
+                flag
+            })
+            .collect();
+        drop(workers);
+        for flag in dropped {
+            assert!(flag.load(Ordering::SeqCst));
+        }
     }
 }
