@@ -10,6 +10,9 @@
 #   gzip    the 5,000-line batch gzip -6 (Telegraf's encoding); the sink inflates to count lines
 #   memory  256 connections of 5,000-line batches, plain and gzip, the proxy with
 #           max_inflight_bytes = "128MiB": peak RSS next to nginx's
+#   floor   (not in the default set) 10- and 5,000-line batches through nginx, the proxy
+#           and examples/bare_forward, a hyper forwarder with nothing else (one runtime per
+#           core): what hyper and tokio reach on this box bounds what the proxy can
 #
 #   bench/run.sh                               # 3 rounds of each, ~15 minutes
 #   SCENARIOS=small ROUNDS=1 DURATION=5s bench/run.sh   # one of them, quicker, noisier
@@ -60,12 +63,27 @@ stop_proxy() {
     fi
 }
 
+# examples/bare_forward on 18097, for the floor scenario.
+start_bare() {
+    (cd "$REPO" && cargo build --release --locked -q --example bare_forward)
+    PER_CORE="$(nproc)" "$REPO/target/release/examples/bare_forward" 127.0.0.1:18097 \
+        http://127.0.0.1:18086 >"$RIG_TMP/bare.log" 2>&1 &
+    echo $! >"$RIG_TMP/bare.pid"
+    for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18097/ping && break; sleep 0.1; done
+}
+stop_bare() {
+    if [[ -s "$RIG_TMP/bare.pid" ]]; then
+        kill "$(cat "$RIG_TMP/bare.pid")" 2>/dev/null || true
+        : >"$RIG_TMP/bare.pid"
+    fi
+}
+
 # The sink inflates gzip bodies (-z) so that sink_fwd counts their lines too (restarted:
 # one left running may lack it).
 "$RIG/services.sh" stop sink >/dev/null 2>&1 || true
 SINK_ARGS=-z "$RIG/services.sh" start sink
 "$RIG/services.sh" start nginx
-trap 'stop_proxy; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
+trap 'stop_proxy; stop_bare; "$RIG/services.sh" stop nginx; "$RIG/services.sh" stop sink' EXIT
 
 scenario() { # NAME, then env assignments for matrix.sh
     local name=$1
@@ -86,12 +104,17 @@ for s in ${SCENARIOS:-plain small gzip memory}; do
     gzip)
         start_proxy ""
         scenario gzip LINES_LIST=5000 BODY="$GZ" CONTENT_ENCODING=gzip BODY_LINES=5000 ;;
+    floor)
+        start_proxy ""
+        start_bare
+        TARGETS="$HERE/targets-floor.txt" scenario floor LINES_LIST="10 5000"
+        stop_bare ;;
     memory)
         start_proxy 'max_inflight_bytes = "128MiB"'
         scenario memory-plain LINES_LIST=5000 CONNS=256 WRK_TIMEOUT=30s
         start_proxy 'max_inflight_bytes = "128MiB"'
         scenario memory-gzip LINES_LIST=5000 CONNS=256 WRK_TIMEOUT=30s BODY="$GZ" \
             CONTENT_ENCODING=gzip BODY_LINES=5000 ;;
-    *) echo "unknown scenario $s (plain, small, gzip, memory)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (plain, small, gzip, memory, floor)" >&2; exit 2 ;;
     esac
 done
