@@ -108,7 +108,8 @@ fn consistency(value: Option<Cow<'_, str>>) -> Result<Option<String>, ProxyError
 /// a pair containing `;` or a malformed `%` escape is dropped, `+` is a space, the first
 /// value wins. Only the parameters the proxy reads are decoded, and those must be UTF-8.
 pub struct Query<'a> {
-    pairs: Vec<(&'a str, &'a str)>,
+    /// Each pair's name, decoded once (`None` when that is not UTF-8), and its raw value.
+    pairs: Vec<(Option<Cow<'a, str>>, &'a str)>,
 }
 
 /// The parameters the proxy reads; anything else is ignored and never forwarded.
@@ -137,24 +138,27 @@ impl<'a> Query<'a> {
             .filter(|pair| !pair.is_empty() && !pair.contains(';'))
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
             .filter(|(key, value)| well_escaped(key) && well_escaped(value))
+            .map(|(key, value)| (decode(key), value))
             .collect();
-        let query = Self { pairs };
         // Reject undecodable known parameters up front, so `get` can be infallible.
-        for &(key, value) in &query.pairs {
-            if let Some(known) = KNOWN.iter().find(|k| decode(key).as_deref() == Some(**k)) {
+        for (key, value) in &pairs {
+            if let Some(known) = key
+                .as_deref()
+                .and_then(|key| KNOWN.iter().find(|k| **k == key))
+            {
                 if decode(value).is_none() {
                     return Err(ProxyError::InvalidParameter(known));
                 }
             }
         }
-        Ok(query)
+        Ok(Self { pairs })
     }
 
     /// The first value of `name`, decoded.
     pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
         self.pairs
             .iter()
-            .find(|(key, _)| decode(key).as_deref() == Some(name))
+            .find(|(key, _)| key.as_deref() == Some(name))
             .and_then(|(_, value)| decode(value))
     }
 
