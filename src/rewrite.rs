@@ -74,18 +74,38 @@ impl WriteParams {
         })
     }
 
-    /// The query of the upstream `/write`: only the parameters the proxy understood.
+    /// The query of the upstream `/write`: only the parameters the proxy understood,
+    /// form-encoded.
     pub fn upstream_query(&self) -> String {
-        let mut out = form_urlencoded::Serializer::new(String::with_capacity(64));
-        out.append_pair("db", &self.db);
+        let mut out = String::with_capacity(64);
+        append_pair(&mut out, "db", &self.db);
         if let Some(rp) = &self.rp {
-            out.append_pair("rp", rp);
+            append_pair(&mut out, "rp", rp);
         }
-        out.append_pair("precision", self.precision.as_v1());
+        append_pair(&mut out, "precision", self.precision.as_v1());
         if let Some(consistency) = &self.consistency {
-            out.append_pair("consistency", consistency);
+            append_pair(&mut out, "consistency", consistency);
         }
-        out.finish()
+        out
+    }
+}
+
+/// `name=value` after an `&` if `out` has pairs already, exactly as `form_urlencoded`'s
+/// serializer writes it; a value that needs no escaping (nearly every database name) is
+/// copied, not run byte by byte through the encoder.
+fn append_pair(out: &mut String, name: &str, value: &str) {
+    if !out.is_empty() {
+        out.push('&');
+    }
+    out.push_str(name);
+    out.push('=');
+    if value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_'))
+    {
+        out.push_str(value);
+    } else {
+        out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
     }
 }
 
@@ -190,6 +210,42 @@ fn decode(text: &str) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_query_is_what_form_urlencoded_writes() {
+        let values = [
+            "telegraf",
+            "my-db_1.x*",
+            "",
+            "a b",
+            "rp/x",
+            "é",
+            "%41",
+            "a&b=c",
+            "+",
+            "~",
+            "\u{0}",
+        ];
+        for db in values {
+            for rp in [None, Some("autogen"), Some("a b/c")] {
+                let params = WriteParams {
+                    db: db.into(),
+                    rp: rp.map(Into::into),
+                    precision: Precision::Seconds,
+                    consistency: Some("quorum".into()),
+                    user: None,
+                };
+                let mut expected = form_urlencoded::Serializer::new(String::new());
+                expected.append_pair("db", db);
+                if let Some(rp) = rp {
+                    expected.append_pair("rp", rp);
+                }
+                expected.append_pair("precision", "s");
+                expected.append_pair("consistency", "quorum");
+                assert_eq!(params.upstream_query(), expected.finish(), "{db:?} {rp:?}");
+            }
+        }
+    }
 
     #[test]
     fn v1_defaults_and_forwarded_query() {
