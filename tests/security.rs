@@ -667,10 +667,12 @@ async fn a_flood_of_unknown_users_from_one_address_does_not_hold_up_another_logi
         }
     }
     assert!(hashed <= 10, "{hashed} hashes spent on one address's flood");
-    // Queued behind the flood's hashes it would wait for ~150 of them (300 at two at a time);
-    // with the flood held to its own two, it waits for at most one hash before its own. The
-    // bound scales with the machine's speed, so a loaded CI box does not fail it.
-    let bound = Duration::from_secs(1).max(alone * 10);
+    // Queued behind the flood's hashes it would wait for ~150 of them (300 at two at a time),
+    // some 75 times a login alone; with the flood held to its own two, it waits for at most
+    // one hash before its own (1.5-2 times a login alone, here). The bound scales with the
+    // machine's speed and leaves room for the other tests of this file, which hash at the
+    // same time (in CI, once, 1.09 s against a 1 s bound with a login alone at 94 ms).
+    let bound = Duration::from_secs(2).max(alone * 15);
     assert!(
         waited < bound,
         "a first login from elsewhere waited {waited:?} behind the flood \
