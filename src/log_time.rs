@@ -5,7 +5,7 @@
 //! request, the default's formatting was 3 % of a 10-line write's instructions (callgrind,
 //! rig body).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::SystemTime;
 
 use tracing_subscriber::fmt::format::Writer;
@@ -28,26 +28,32 @@ thread_local! {
 }
 
 fn write_at(w: &mut impl fmt::Write, at: SystemTime) -> fmt::Result {
-    let Ok(since) = at.duration_since(SystemTime::UNIX_EPOCH) else {
+    let Some((text, mut micros)) = to_the_second(at) else {
         return write!(w, "{}", humantime::format_rfc3339_micros(at));
     };
-    let (second, mut text) = SECOND.get();
-    if second != since.as_secs() {
-        let whole = humantime::format_rfc3339_seconds(at).to_string();
-        let Some(prefix) = whole.as_bytes().get(..19) else {
-            return write!(w, "{}", humantime::format_rfc3339_micros(at));
-        };
-        text.copy_from_slice(prefix);
-        SECOND.set((since.as_secs(), text));
-    }
-    let mut micros = since.subsec_micros();
     let mut tail = *b".000000Z";
     for digit in tail[1..7].iter_mut().rev() {
         *digit = b'0' + (micros % 10) as u8;
         micros /= 10;
     }
-    w.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)?;
-    w.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
+    w.write_str(std::str::from_utf8(&text).expect("humantime writes ASCII"))?;
+    w.write_str(std::str::from_utf8(&tail).expect("digits are ASCII"))
+}
+
+/// `at`'s text up to the seconds, from [`SECOND`] when it is the second this thread last
+/// wrote, and its microseconds; `None` where humantime writes no such text (before 1970,
+/// after 9999), which [`write_at`] then leaves to humantime as before.
+fn to_the_second(at: SystemTime) -> Option<([u8; 19], u32)> {
+    let since = at.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let (second, cached) = SECOND.get();
+    if second == since.as_secs() {
+        return Some((cached, since.subsec_micros()));
+    }
+    let mut whole = String::with_capacity(20);
+    write!(whole, "{}", humantime::format_rfc3339_seconds(at)).ok()?;
+    let text: [u8; 19] = whole.as_bytes().get(..19)?.try_into().ok()?;
+    SECOND.set((since.as_secs(), text));
+    Some((text, since.subsec_micros()))
 }
 
 #[cfg(test)]
@@ -81,6 +87,14 @@ mod tests {
             let expected = humantime::format_rfc3339_micros(at).to_string();
             assert_eq!(ours(at), expected);
         }
+    }
+
+    #[test]
+    fn a_time_humantime_cannot_write_is_an_error_not_a_panic() {
+        // Past 9999 humantime's Display fails; the timer's caller then writes
+        // `<unknown time>`.
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert!(write_at(&mut String::new(), far).is_err());
     }
 
     #[test]
