@@ -855,9 +855,14 @@ async fn query_text_never_reaches_the_log_at_info() {
         assert_eq!(response.status(), status, "{q}");
     }
     influxd.blocking_query("DROP USER canary", None, true);
-    let queries = |log: &str| log.lines().filter(|l| l.contains("\"query\"")).count();
-    let log = support::log_once(&dir.path().join("proxy-0.log"), |l| queries(l) >= 6).await;
-    let access: Vec<&str> = log.lines().filter(|l| l.contains("\"query\"")).collect();
+    fn query_lines(log: &str) -> Vec<&str> {
+        log.lines().filter(|l| l.contains("\"query\"")).collect()
+    }
+    let log = support::log_once(&dir.path().join("proxy-0.log"), |l| {
+        query_lines(l).len() >= 6
+    })
+    .await;
+    let access = query_lines(&log);
     assert_eq!(access.len(), 6, "{log}");
     assert!(
         access.iter().any(|l| l.contains("CREATE USER")),
