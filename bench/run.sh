@@ -12,7 +12,7 @@
 #           max_inflight_bytes = "128MiB": peak RSS next to nginx's
 #   floor   (not in the default set) 10- and 5,000-line batches through nginx, the proxy
 #           and examples/bare_forward, a hyper forwarder with nothing else (one runtime per
-#           core): what hyper and tokio reach on this box bounds what the proxy can
+#           core): what hyper and tokio reach on this box bounds what the proxy can reach
 #
 #   bench/run.sh                               # 3 rounds of each, ~15 minutes
 #   SCENARIOS=small ROUNDS=1 DURATION=5s bench/run.sh   # one of them, quicker, noisier
@@ -55,13 +55,15 @@ TOML
     echo $! >"$RIG_TMP/proxy.pid"
     for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18096/ping && break; sleep 0.1; done
 }
-stop_proxy() {
-    if [[ -s "$RIG_TMP/proxy.pid" ]]; then
-        kill "$(cat "$RIG_TMP/proxy.pid")" 2>/dev/null || true
+# Stops the process whose PID is in the file, if any, and empties the file.
+stop_pidfile() {
+    if [[ -s "$1" ]]; then
+        kill "$(cat "$1")" 2>/dev/null || true
         sleep 0.5
-        : >"$RIG_TMP/proxy.pid"
+        : >"$1"
     fi
 }
+stop_proxy() { stop_pidfile "$RIG_TMP/proxy.pid"; }
 
 # examples/bare_forward on 18097, for the floor scenario.
 start_bare() {
@@ -71,12 +73,7 @@ start_bare() {
     echo $! >"$RIG_TMP/bare.pid"
     for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18097/ping && break; sleep 0.1; done
 }
-stop_bare() {
-    if [[ -s "$RIG_TMP/bare.pid" ]]; then
-        kill "$(cat "$RIG_TMP/bare.pid")" 2>/dev/null || true
-        : >"$RIG_TMP/bare.pid"
-    fi
-}
+stop_bare() { stop_pidfile "$RIG_TMP/bare.pid"; }
 
 # The sink inflates gzip bodies (-z) so that sink_fwd counts their lines too (restarted:
 # one left running may lack it).
