@@ -7,6 +7,8 @@ use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHE
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::headers::{X_INFLUXDB_ERROR, X_INFLUXDB_VERSION};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which API shape the client speaks, for the error body.
@@ -216,9 +218,9 @@ impl ProxyError {
             ..
         } = &self
         {
-            headers.insert("x-influxdb-error", header.clone());
+            headers.insert(X_INFLUXDB_ERROR, header.clone());
         } else if let Ok(value) = HeaderValue::from_bytes(&header_safe(&message)) {
-            headers.insert("x-influxdb-error", value);
+            headers.insert(X_INFLUXDB_ERROR, value);
         }
         if matches!(status.as_u16(), 429 | 503) {
             let seconds = match &self {
@@ -241,7 +243,7 @@ impl ProxyError {
             ..
         } = self
         {
-            headers.insert("x-influxdb-version", version);
+            headers.insert(X_INFLUXDB_VERSION, version);
         }
         response
     }

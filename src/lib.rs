@@ -8,6 +8,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod gzip;
+pub mod headers;
 pub mod http;
 pub mod inflight;
 pub mod influxql;

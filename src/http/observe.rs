@@ -214,7 +214,7 @@ fn access_log<RB>(
 ) {
     let request_id = response
         .headers()
-        .get(crate::upstream::X_REQUEST_ID)
+        .get(crate::headers::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     let status = response.status().as_u16();

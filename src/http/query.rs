@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{
+    HeaderMap, HeaderName, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full};
@@ -25,6 +27,7 @@ use crate::auth::Principal;
 use crate::body::{self, RequestBody};
 use crate::config::{AuthMode, QueryConfig};
 use crate::error::{json_response, BoxError, ProxyError};
+use crate::headers::{X_INFLUXDB_BUILD, X_INFLUXDB_ERROR, X_INFLUXDB_VERSION, X_REQUEST_ID};
 use crate::influxql::{self, Class, Statement};
 use crate::rewrite::Query;
 use crate::state::{Generation, Shared};
@@ -43,15 +46,15 @@ const FORWARDED: [&str; 8] = [
 ];
 
 /// Headers of the request that say what answer the client wants.
-const REQUEST_HEADERS: [&str; 2] = ["accept", "accept-encoding"];
+const REQUEST_HEADERS: [HeaderName; 2] = [ACCEPT, ACCEPT_ENCODING];
 
 /// Headers of the answer that describe its body, passed back as they came.
-const ANSWER_HEADERS: [&str; 5] = [
-    "content-type",
-    "content-encoding",
-    "x-influxdb-version",
-    "x-influxdb-build",
-    "x-influxdb-error",
+const ANSWER_HEADERS: [HeaderName; 5] = [
+    CONTENT_TYPE,
+    CONTENT_ENCODING,
+    X_INFLUXDB_VERSION,
+    X_INFLUXDB_BUILD,
+    X_INFLUXDB_ERROR,
 ];
 
 /// Longest form body read for its `q` on the read path.
@@ -221,15 +224,15 @@ async fn read(
     let mut headers = HeaderMap::new();
     for name in REQUEST_HEADERS {
         // A filtered answer is rewritten: ask for it uncompressed.
-        if name == "accept-encoding" && !filter.is_empty() {
+        if name == ACCEPT_ENCODING && !filter.is_empty() {
             continue;
         }
-        for value in parts.headers.get_all(name) {
-            headers.append(HeaderName::from_static(name), value.clone());
+        for value in parts.headers.get_all(&name) {
+            headers.append(name.clone(), value.clone());
         }
     }
     if let Some(id) = parts.extensions.get::<RequestIdValue>() {
-        headers.insert(crate::upstream::X_REQUEST_ID, id.0.clone());
+        headers.insert(X_REQUEST_ID, id.0.clone());
     }
     let credentials = match mode {
         AuthMode::None | AuthMode::Proxy => Credentials::Cluster,
@@ -256,10 +259,8 @@ async fn read(
     let mut response = Response::new(Either::Left(Full::default()));
     *response.status_mut() = upstream.status;
     for name in ANSWER_HEADERS {
-        for value in upstream.headers.get_all(name) {
-            response
-                .headers_mut()
-                .append(HeaderName::from_static(name), value.clone());
+        for value in upstream.headers.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
         }
     }
     if filter.is_empty() || !upstream.status.is_success() {

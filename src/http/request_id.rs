@@ -7,11 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::upstream::X_REQUEST_ID;
+use crate::headers::{REQUEST_ID, X_INFLUXDB_VERSION, X_REQUEST_ID};
 
 /// The id of the request being served.
 #[derive(Debug, Clone)]
@@ -19,10 +19,6 @@ pub struct RequestIdValue(pub HeaderValue);
 
 /// `X-Influxdb-Version` when the answer did not come from an upstream.
 pub const OWN_VERSION: &str = concat!("influx-write-proxy-", env!("CARGO_PKG_VERSION"));
-
-/// The other request id header, as InfluxDB 1.x also answers `Request-Id`.
-const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-const X_INFLUXDB_VERSION: HeaderName = HeaderName::from_static("x-influxdb-version");
 
 #[derive(Debug, Clone, Default)]
 pub struct RequestIdLayer;

@@ -15,6 +15,7 @@ use crate::body::{self, Chunks, RequestBody};
 use crate::config::AuthMode;
 use crate::error::{Api, ProxyError};
 use crate::gzip;
+use crate::headers::X_INFLUXDB_VERSION;
 use crate::inflight::Reservation;
 use crate::lineproto::{self, TimestampCheck};
 use crate::rewrite::WriteParams;
@@ -304,7 +305,7 @@ fn acknowledge(
     let mut response = Response::new(Full::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     if let Some(version) = accepted.version {
-        response.headers_mut().insert("x-influxdb-version", version);
+        response.headers_mut().insert(X_INFLUXDB_VERSION, version);
     }
     full(response)
 }

@@ -22,9 +22,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use futures_util::FutureExt;
-use http::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT,
-};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper_rustls::HttpsConnector;
@@ -36,6 +34,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::body::Chunks;
 use crate::config::{ClusterConfig, Config, Secret};
 use crate::error::{BoxError, ProxyError};
+use crate::headers::{X_INFLUXDB_ERROR, X_INFLUXDB_VERSION, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::rewrite::WriteParams;
 use node::{Node, Transition};
@@ -49,8 +48,6 @@ const MAX_ERROR_BODY: usize = 1024 * 1024;
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const OWN_USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("influx-write-proxy/", env!("CARGO_PKG_VERSION")));
-/// The request id header, sent upstream and answered to clients (`http::request_id`).
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 type QueryClient = Client<HttpsConnector<HttpConnector>, Chunks>;
 
@@ -474,7 +471,7 @@ impl Cluster {
             .await
             .map_err(|e| self.send_error(e))?;
         let (parts, body) = response.into_parts();
-        let version = parts.headers.get("x-influxdb-version").cloned();
+        let version = parts.headers.get(X_INFLUXDB_VERSION).cloned();
         if parts.status.is_success() {
             // Read the (normally empty) body to the end so the connection can carry another.
             body.collect()
@@ -495,7 +492,7 @@ impl Cluster {
             status: parts.status,
             message,
             version,
-            header: parts.headers.get("x-influxdb-error").cloned(),
+            header: parts.headers.get(X_INFLUXDB_ERROR).cloned(),
         })
     }
 
@@ -559,10 +556,7 @@ fn upstream_message(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) 
     if let Ok(parsed) = serde_json::from_slice::<InfluxError>(body) {
         return parsed.error;
     }
-    if let Some(message) = headers
-        .get("x-influxdb-error")
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(message) = headers.get(X_INFLUXDB_ERROR).and_then(|v| v.to_str().ok()) {
         return message.to_string();
     }
     let text = String::from_utf8_lossy(body).trim().to_string();
