@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::deadline::{Conn, Expired, Timeouts, Tracked, Watched};
 use crate::error::BoxError;
 use crate::http::request_id::{new_id, OWN_VERSION};
-use crate::http::PeerAddr;
+use crate::http::RequestContext;
 use crate::http::Role;
 use crate::metrics::Metrics;
 use crate::stack;
@@ -436,7 +436,7 @@ async fn accept_loop(
                 .clone()
                 .map_request(move |request: http::Request<hyper::body::Incoming>| {
                     let mut request = request.map(crate::body::RequestBody::new);
-                    request.extensions_mut().insert(PeerAddr(peer));
+                    RequestContext::of_mut(&mut request).peer = Some(peer);
                     request
                 });
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());

@@ -14,7 +14,7 @@ use futures_util::future::Either;
 use http::Request;
 use tower::{Layer, Service};
 
-use super::{full, Endpoint, PeerAddr, Resp};
+use super::{full, Endpoint, RequestContext, Resp};
 use crate::auth::{presented, Presented};
 use crate::error::{Api, ProxyError};
 use crate::metrics::Metrics;
@@ -77,7 +77,7 @@ where
         let guarded = endpoint.is_some_and(|e| e.guarded);
         let api = endpoint.map_or(Api::V1, |e| e.api);
         let auth = generation.auth.clone().filter(|_| guarded);
-        request.extensions_mut().insert(generation.clone());
+        RequestContext::of_mut(&mut request).generation = Some(generation.clone());
         let Some(auth) = auth else {
             return Either::Left(self.inner.call(request));
         };
@@ -86,10 +86,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::Right(Box::pin(async move {
-            let ip = request
-                .extensions()
-                .get::<PeerAddr>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+            let ip = RequestContext::of(&request)
+                .and_then(|c| c.peer)
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
             let realm = &generation.config.server.realm;
             if let Err(throttled) = auth.throttle.check(ip) {
                 return Ok(full(throttled.into_response(api, realm)));
@@ -102,7 +101,7 @@ where
                         metrics.count_refusal(&limited);
                         return Ok(full(limited.into_response(api, realm)));
                     }
-                    request.extensions_mut().insert(principal);
+                    RequestContext::of_mut(&mut request).principal = Some(principal);
                     inner.call(request).await
                 }
                 Err(error @ ProxyError::LoginsPending { .. }) => {
@@ -133,7 +132,6 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use tower::{service_fn, ServiceExt};
 
-    use crate::auth::Principal;
     use crate::config::Config;
 
     const TOKEN: &str = "layer-test-token-0123456789";
@@ -163,11 +161,12 @@ mod tests {
     {
         AuthLayer::new(current, Arc::new(Metrics::new())).layer(service_fn(
             |request: Request<()>| async move {
-                let name = request
-                    .extensions()
-                    .get::<Arc<Principal>>()
+                let context = RequestContext::of(&request).expect("the auth layer sets a context");
+                let name = context
+                    .principal
+                    .as_ref()
                     .map_or("anonymous".to_string(), |p| p.name.clone());
-                assert!(request.extensions().get::<Arc<Generation>>().is_some());
+                assert!(context.generation.is_some());
                 Ok::<_, Infallible>(full(Response::new(Full::new(Bytes::from(name)))))
             },
         ))

@@ -4,13 +4,17 @@
 //! catcher (`stack.rs`), `auth`, then `router`, which hands writes to `write`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Response;
+use http::header::HeaderValue;
+use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{Either, Full};
 
+use crate::auth::Principal;
 use crate::error::{Api, BoxError};
+use crate::state::Generation;
 
 pub mod auth;
 pub mod observe;
@@ -108,9 +112,40 @@ impl Role {
     }
 }
 
-/// The client's address, put in each request's extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+/// What the server and the layers learn of a request on its way in, for the layers and
+/// handlers after them: one value in the request's extensions, filled in as it passes (one
+/// extension each was four boxed values and a regrown map per request).
+#[derive(Clone, Default)]
+pub struct RequestContext {
+    /// The client's address, set by the server.
+    pub peer: Option<SocketAddr>,
+    /// The request's id, set by `request_id`.
+    pub request_id: Option<HeaderValue>,
+    /// The configuration generation the request is served under, pinned by `auth`.
+    pub generation: Option<Arc<Generation>>,
+    /// Who sent it, once `auth` has authenticated it.
+    pub principal: Option<Arc<Principal>>,
+}
+
+impl RequestContext {
+    /// The request's context, if anything has set one.
+    pub fn of<B>(request: &Request<B>) -> Option<&RequestContext> {
+        request.extensions().get()
+    }
+
+    /// The request's context, made empty if nothing has set one yet.
+    pub fn of_mut<B>(request: &mut Request<B>) -> &mut RequestContext {
+        request.extensions_mut().get_or_insert_default()
+    }
+}
+
+/// Who sent the request whose parts these are, if `auth` authenticated it.
+pub(crate) fn principal_of(parts: &http::request::Parts) -> Option<Arc<Principal>> {
+    parts
+        .extensions
+        .get::<RequestContext>()
+        .and_then(|c| c.principal.clone())
+}
 
 /// What the write path tells the access log, carried out in the response's extensions.
 #[derive(Debug, Clone, Default)]

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tower::{Layer, Service};
 
-use super::{Endpoint, Listener, PeerAddr, WriteDetails, ENDPOINTS};
+use super::{Endpoint, Listener, RequestContext, WriteDetails, ENDPOINTS};
 use crate::metrics::Metrics;
 
 /// Outermost layer: request counts and durations, requests in flight, 413s, and one access
@@ -126,7 +126,7 @@ where
         // Probes and scrapes: logged at `debug`, not `info`.
         let admin = known.is_some_and(|e| e.listener == Listener::Admin);
         let method = request.method().clone();
-        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+        let peer = RequestContext::of(&request).and_then(|c| c.peer);
         self.metrics.inflight_requests.inc();
         let guard = InflightGuard(self.metrics.inflight_requests.clone());
         Observed {

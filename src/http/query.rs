@@ -21,8 +21,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::request_id::RequestIdValue;
-use super::{full, show_databases, Resp, WriteDetails};
+use super::{full, principal_of, show_databases, RequestContext, Resp, WriteDetails};
 use crate::auth::Principal;
 use crate::body::{self, RequestBody};
 use crate::config::{AuthMode, QueryConfig};
@@ -112,7 +111,7 @@ async fn create_database_only(
     request: Request<RequestBody>,
 ) -> Result<Resp, ProxyError> {
     let (parts, incoming) = request.into_parts();
-    let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+    let principal = principal_of(&parts);
     let url_q = Query::parse(parts.uri.query())?
         .get("q")
         .map(|q| q.into_owned());
@@ -178,7 +177,7 @@ async fn read(
         .filter(|q| !q.is_empty())
         .ok_or(ProxyError::MissingQuery)?;
     let db = params.get("db").unwrap_or("");
-    let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+    let principal = principal_of(&parts);
     details.db = db.to_string();
     details.principal = principal
         .as_ref()
@@ -231,8 +230,12 @@ async fn read(
             headers.append(name.clone(), value.clone());
         }
     }
-    if let Some(id) = parts.extensions.get::<RequestIdValue>() {
-        headers.insert(X_REQUEST_ID, id.0.clone());
+    if let Some(id) = parts
+        .extensions
+        .get::<RequestContext>()
+        .and_then(|c| c.request_id.clone())
+    {
+        headers.insert(X_REQUEST_ID, id);
     }
     let credentials = match mode {
         AuthMode::None | AuthMode::Proxy => Credentials::Cluster,

@@ -1,6 +1,6 @@
 //! `RequestId<S>`: gives every request an id (the client's `X-Request-Id` or `Request-Id`
-//! when it is sane, else a new UUID), makes it available to handlers as a [`RequestIdValue`]
-//! extension, and puts `X-Request-Id`, `Request-Id` and a default `X-Influxdb-Version` on
+//! when it is sane, else a new UUID), puts it in the request's
+//! [`Context`], and puts `X-Request-Id`, `Request-Id` and a default `X-Influxdb-Version` on
 //! every response. It never fails.
 
 use std::future::Future;
@@ -11,11 +11,8 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use super::RequestContext;
 use crate::headers::{REQUEST_ID, X_INFLUXDB_VERSION, X_REQUEST_ID};
-
-/// The id of the request being served.
-#[derive(Debug, Clone)]
-pub struct RequestIdValue(pub HeaderValue);
 
 /// `X-Influxdb-Version` when the answer did not come from an upstream.
 pub const OWN_VERSION: &str = concat!("influx-write-proxy-", env!("CARGO_PKG_VERSION"));
@@ -57,7 +54,7 @@ where
             .find(|value| acceptable(value))
             .cloned()
             .unwrap_or_else(new_id);
-        request.extensions_mut().insert(RequestIdValue(id.clone()));
+        RequestContext::of_mut(&mut request).request_id = Some(id.clone());
         Identified {
             inner: self.inner.call(request),
             id: Some(id),
@@ -120,12 +117,9 @@ mod tests {
     use tower::{service_fn, ServiceExt};
 
     async fn echo(request: Request<()>) -> Result<Response<String>, Infallible> {
-        let id = request
-            .extensions()
-            .get::<RequestIdValue>()
-            .unwrap()
-            .0
-            .clone();
+        let id = RequestContext::of(&request)
+            .and_then(|c| c.request_id.clone())
+            .unwrap();
         Ok(Response::new(id.to_str().unwrap().to_string()))
     }
 

@@ -18,7 +18,7 @@ use http_body_util::Full;
 use tower::Service;
 
 use super::request_id::OWN_VERSION;
-use super::{full, Endpoint, Resp, Role, WriteDetails};
+use super::{full, Endpoint, RequestContext, Resp, Role, WriteDetails};
 use crate::body::RequestBody;
 use crate::error::{json_response, Api, ProxyError};
 use crate::rewrite::Query;
@@ -56,10 +56,8 @@ impl Service<Request<RequestBody>> for Router {
 
 async fn route(shared: Arc<Shared>, role: Role, request: Request<RequestBody>) -> Resp {
     // The auth layer pins the generation for guarded paths; the rest take the current one.
-    let generation = request
-        .extensions()
-        .get::<Arc<Generation>>()
-        .cloned()
+    let generation = RequestContext::of(&request)
+        .and_then(|c| c.generation.clone())
         .unwrap_or_else(|| shared.generation());
     let method = request.method().clone();
     let get = method == Method::GET || method == Method::HEAD;

@@ -8,8 +8,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH}
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 
-use super::request_id::RequestIdValue;
-use super::{full, Resp, WriteDetails};
+use super::{full, principal_of, RequestContext, Resp, WriteDetails};
 use crate::auth::Principal;
 use crate::body::{self, Chunks, RequestBody};
 use crate::config::AuthMode;
@@ -58,8 +57,8 @@ pub(super) async fn write(
     details.points = points;
     let request_id = parts
         .extensions
-        .get::<RequestIdValue>()
-        .map(|id| id.0.clone())
+        .get::<RequestContext>()
+        .and_then(|c| c.request_id.clone())
         .unwrap_or_else(|| HeaderValue::from_static("-"));
     let forward = Forward {
         params: target.params,
@@ -99,7 +98,7 @@ fn prepare<'g>(
         Api::V1 => WriteParams::from_v1(query)?,
         Api::V2 => WriteParams::from_v2(query)?,
     };
-    let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+    let principal = principal_of(parts);
     details.db.clone_from(&params.db);
     details.rp = params.rp.clone().unwrap_or_default();
     details.principal = principal
