@@ -13,6 +13,7 @@
 #   floor   (not in the default set) 10- and 5,000-line batches through nginx, the proxy
 #           and examples/bare_forward, a hyper forwarder with nothing else (one runtime per
 #           core): what hyper and tokio reach on this box bounds what the proxy can reach
+#           (FLOOR_LINES="10" for the small batches only)
 #
 #   bench/run.sh                               # 3 rounds of each, ~15 minutes
 #   SCENARIOS=small ROUNDS=1 DURATION=5s bench/run.sh   # one of them, quicker, noisier
@@ -104,7 +105,7 @@ for s in ${SCENARIOS:-plain small gzip memory}; do
     floor)
         start_proxy ""
         start_bare
-        TARGETS="$HERE/targets-floor.txt" scenario floor LINES_LIST="10 5000"
+        TARGETS="$HERE/targets-floor.txt" scenario floor LINES_LIST="${FLOOR_LINES:-10 5000}"
         stop_bare ;;
     memory)
         start_proxy 'max_inflight_bytes = "128MiB"'
