@@ -137,14 +137,21 @@ impl RequestContext {
     pub fn of_mut<B>(request: &mut Request<B>) -> &mut RequestContext {
         request.extensions_mut().get_or_insert_default()
     }
+
+    /// The context of the request these parts were split from.
+    fn in_parts(parts: &http::request::Parts) -> Option<&RequestContext> {
+        parts.extensions.get()
+    }
 }
 
 /// Who sent the request whose parts these are, if `auth` authenticated it.
 pub(crate) fn principal_of(parts: &http::request::Parts) -> Option<Arc<Principal>> {
-    parts
-        .extensions
-        .get::<RequestContext>()
-        .and_then(|c| c.principal.clone())
+    RequestContext::in_parts(parts).and_then(|c| c.principal.clone())
+}
+
+/// The id `request_id` gave the request whose parts these are.
+pub(crate) fn request_id_of(parts: &http::request::Parts) -> Option<HeaderValue> {
+    RequestContext::in_parts(parts).and_then(|c| c.request_id.clone())
 }
 
 /// What the write path tells the access log, carried out in the response's extensions.

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::{full, principal_of, show_databases, RequestContext, Resp, WriteDetails};
+use super::{full, principal_of, request_id_of, show_databases, Resp, WriteDetails};
 use crate::auth::Principal;
 use crate::body::{self, RequestBody};
 use crate::config::{AuthMode, QueryConfig};
@@ -230,11 +230,7 @@ async fn read(
             headers.append(name.clone(), value.clone());
         }
     }
-    if let Some(id) = parts
-        .extensions
-        .get::<RequestContext>()
-        .and_then(|c| c.request_id.clone())
-    {
+    if let Some(id) = request_id_of(&parts) {
         headers.insert(X_REQUEST_ID, id);
     }
     let credentials = match mode {

@@ -1,6 +1,6 @@
 //! `RequestId<S>`: gives every request an id (the client's `X-Request-Id` or `Request-Id`
 //! when it is sane, else a new UUID), puts it in the request's
-//! [`Context`], and puts `X-Request-Id`, `Request-Id` and a default `X-Influxdb-Version` on
+//! [`RequestContext`], and puts `X-Request-Id`, `Request-Id` and a default `X-Influxdb-Version` on
 //! every response. It never fails.
 
 use std::future::Future;

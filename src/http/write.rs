@@ -8,7 +8,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH}
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 
-use super::{full, principal_of, RequestContext, Resp, WriteDetails};
+use super::{full, principal_of, request_id_of, Resp, WriteDetails};
 use crate::auth::Principal;
 use crate::body::{self, Chunks, RequestBody};
 use crate::config::AuthMode;
@@ -55,11 +55,7 @@ pub(super) async fn write(
     .await?;
     details.bytes = body.len();
     details.points = points;
-    let request_id = parts
-        .extensions
-        .get::<RequestContext>()
-        .and_then(|c| c.request_id.clone())
-        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let request_id = request_id_of(&parts).unwrap_or_else(|| HeaderValue::from_static("-"));
     let forward = Forward {
         params: target.params,
         body,
