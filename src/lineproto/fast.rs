@@ -347,26 +347,36 @@ mod tests {
     }
 
     #[test]
-    fn eight_byte_digit_mask_matches_bytewise_test() {
+    fn eight_and_sixteen_byte_digit_masks_match_bytewise_test() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..100_000 {
             advance(&mut seed);
+            let low = seed;
+            advance(&mut seed);
             // Mostly digits, with every byte value showing up.
-            let probe: [u8; 8] = std::array::from_fn(|k| {
-                let r = (seed >> (k * 8)) as u8;
+            let probe: [u8; 16] = std::array::from_fn(|k| {
+                let r = ([low, seed][k / 8] >> (k % 8 * 8)) as u8;
                 if r % 3 == 0 {
                     r
                 } else {
                     b'0' + r % 10
                 }
             });
-            let mask = non_digits(u64::from_le_bytes(probe));
-            for (k, b) in probe.iter().enumerate() {
-                assert_eq!(
-                    mask >> (8 * k + 7) & 1 == 1,
-                    !b.is_ascii_digit(),
-                    "{probe:?}"
-                );
+            let wide = digit_bits(&probe);
+            for (half, word) in probe.chunks_exact(8).enumerate() {
+                let mask = non_digits(u64::from_le_bytes(word.try_into().unwrap()));
+                for (k, b) in word.iter().enumerate() {
+                    assert_eq!(
+                        mask >> (8 * k + 7) & 1 == 1,
+                        !b.is_ascii_digit(),
+                        "{probe:?}"
+                    );
+                    assert_eq!(
+                        wide >> (8 * half + k) & 1 == 1,
+                        b.is_ascii_digit(),
+                        "{probe:?}"
+                    );
+                }
             }
         }
     }
